@@ -1,0 +1,1 @@
+"""Benchmark definitions and loaders, registered under the ``editbench.benchmarks`` entry points."""

@@ -1,0 +1,103 @@
+"""``editbench`` command line. Errors in user input print one line on stderr and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from . import __version__, registry
+from .errors import EditbenchError
+from .models import DEFAULT_MODEL, list_models
+
+
+def _params(items: list[str]) -> dict:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise EditbenchError(f"--param expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _cmd_run(a: argparse.Namespace) -> int:
+    from .runner import RunConfig, execute, format_table, parse_strengths
+
+    cfg = RunConfig(model=a.model, benchmark=a.benchmark, split=a.split, method=a.method,
+                    method_params=_params(a.param), strengths=parse_strengths(a.strengths), limit=a.limit,
+                    seed=a.seed, batch_size=a.batch_size, chunk_size=a.chunk_size, device=a.device, dtype=a.dtype,
+                    generation=a.generation, max_new_tokens=a.max_new_tokens, data_root=a.data_root, out=a.out)
+    summary = execute(cfg, progress=not a.quiet)
+    print(f"# {cfg.method} on {cfg.benchmark}/{cfg.split}, model {cfg.model}, {summary['n_cases']} cases")
+    print(format_table(summary))
+    print(f"\nresults: {cfg.out}/summary.json, per-case records: {cfg.out}/cases.jsonl")
+    return 0
+
+
+def _cmd_list(kind: str) -> int:
+    for name, desc in registry.describe(kind).items():
+        print(f"{name:16s} {desc}")
+    return 0
+
+
+def _cmd_models(_a) -> int:
+    for name, desc in list_models().items():
+        print(f"{name:16s} {desc}")
+    print("(any Hugging Face model id or local directory also works, e.g. gpt2-xl, meta-llama/Llama-2-7b-hf)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="editbench", description="Benchmark harness for LLM behaviour-editing methods")
+    p.add_argument("--version", action="version", version=f"editbench {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="evaluate a method on a benchmark")
+    r.add_argument("--model", default=DEFAULT_MODEL, help=f"embedded alias, tiny-*, hub id or directory (default {DEFAULT_MODEL})")
+    r.add_argument("--benchmark", default="counterfact")
+    r.add_argument("--split", default=None, help="benchmark split (counterfact: edit [default], train, val, rome500)")
+    r.add_argument("--method", default="unedited")
+    r.add_argument("--param", action="append", metavar="KEY=VALUE", help="method hyperparameter (repeatable)")
+    r.add_argument("--strengths", default="1", help="comma-separated strengths, e.g. 0.25,0.5,1,2")
+    r.add_argument("--limit", type=int, default=None, help="first N cases only")
+    r.add_argument("--out", default=None, help="run directory (default runs/MODEL/BENCH-SPLIT/METHOD); resumes if present")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--batch-size", type=int, default=32)
+    r.add_argument("--chunk-size", type=int, default=32, help="cases evaluated (and written) together")
+    r.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
+    r.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    r.add_argument("--generation", action="store_true", help="also generate from generation prompts (fluency)")
+    r.add_argument("--max-new-tokens", type=int, default=64)
+    r.add_argument("--data-root", default=None, help="data bundle root (default $EDITBENCH_DATA or ../shared/data)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=_cmd_run)
+
+    sub.add_parser("methods", help="list registered methods").set_defaults(func=lambda a: _cmd_list("method"))
+    sub.add_parser("benchmarks", help="list registered benchmarks").set_defaults(func=lambda a: _cmd_list("benchmark"))
+    sub.add_parser("models", help="list embedded and test models").set_defaults(func=_cmd_models)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="editbench: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except EditbenchError as e:
+        print(f"editbench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("editbench: interrupted; finished cases are saved, rerun the same command to resume", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

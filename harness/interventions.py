@@ -1,0 +1,142 @@
+"""What a fitted method hands back: an intervention applied as a context manager, scaled by strength.
+
+* :class:`NoIntervention` - the unedited model.
+* :class:`WeightIntervention` - low-rank column deltas applied through a
+  :class:`~harness.weights.WeightEditTransaction` (bit-exact restore).
+* :class:`ActivationIntervention` - vectors added at block outputs; *row-batchable*: many cases'
+  interventions can share one forward pass, one row each (``apply_rows``).
+
+A strength of 0 leaves the model's outputs unchanged for every built-in intervention.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import ClassVar, ContextManager, Iterator, Literal, Sequence
+
+import torch
+
+from .hooks import add_to_output
+from .models import LoadedModel
+from .scoring import Batch
+from .weights import ColumnDelta, WeightEditTransaction
+
+Site = Literal["attn", "mlp", "resid"]
+Positions = Literal["all", "last", "prompt"]
+
+
+class Intervention(ABC):
+    #: True when ``apply_rows`` can combine interventions of different cases in one batch.
+    row_batchable: ClassVar[bool] = False
+
+    @abstractmethod
+    def apply(self, lm: LoadedModel, strength: float = 1.0) -> ContextManager:
+        """Context manager under which ``lm`` behaves edited, for every batch it is given."""
+
+    @classmethod
+    def apply_rows(cls, lm: LoadedModel, rows: Sequence[tuple["Intervention", float]], batch: Batch) -> ContextManager:
+        """Apply ``rows[i]`` (intervention, strength) to row ``i`` of ``batch`` only."""
+        raise NotImplementedError(f"{cls.__name__} is not row-batchable")
+
+    def extra_numel(self) -> int:
+        """Number of values this intervention stores (its memory cost beyond the model)."""
+        return 0
+
+    def describe(self) -> dict:
+        return {"type": type(self).__name__, "extra_numel": self.extra_numel()}
+
+
+class NoIntervention(Intervention):
+    row_batchable = True
+
+    def apply(self, lm: LoadedModel, strength: float = 1.0) -> ContextManager:
+        return nullcontext()
+
+    @classmethod
+    def apply_rows(cls, lm, rows, batch) -> ContextManager:
+        return nullcontext()
+
+
+@dataclass
+class WeightIntervention(Intervention):
+    deltas: list[ColumnDelta]
+
+    def apply(self, lm: LoadedModel, strength: float = 1.0) -> ContextManager:
+        return WeightEditTransaction(lm.adapter, self.deltas, scale=strength)
+
+    def extra_numel(self) -> int:
+        return sum(d.numel() for d in self.deltas)
+
+
+@dataclass
+class SteeringVector:
+    layer: int
+    site: Site  # attention block output, MLP block output, or the layer's residual output
+    vector: torch.Tensor  # [hidden]
+    positions: Positions = "all"
+
+
+def site_module(lm: LoadedModel, layer: int, site: Site) -> torch.nn.Module:
+    if site == "resid":
+        return lm.adapter.layers[layer]
+    return lm.adapter.block_output_module(layer, site)
+
+
+def _row_masks(batch: Batch, kinds: Sequence[Positions]) -> torch.Tensor | None:
+    if all(k == "all" for k in kinds):
+        return None
+    out = torch.ones_like(batch.attention_mask, dtype=torch.bool)
+    last = batch.last_prompt_mask() if "last" in kinds else None
+    prompt = batch.prompt_mask() if "prompt" in kinds else None
+    for i, k in enumerate(kinds):
+        if k == "last":
+            out[i] = last[i]
+        elif k == "prompt":
+            out[i] = prompt[i]
+    return out
+
+
+@dataclass
+class ActivationIntervention(Intervention):
+    """Add ``strength * vector`` at (layer, site), at all positions or only the prompt's last token."""
+
+    vectors: list[SteeringVector]
+    row_batchable: ClassVar[bool] = True
+
+    def apply(self, lm: LoadedModel, strength: float = 1.0) -> ContextManager:
+        if any(v.positions != "all" for v in self.vectors):
+            raise ValueError("position-restricted vectors need a batch: use apply_rows / a batch_context")
+        return self._install(lm, [(self, strength)], None)
+
+    @classmethod
+    def apply_rows(cls, lm, rows, batch) -> ContextManager:
+        return cls._install(lm, rows, batch)
+
+    @staticmethod
+    @contextmanager
+    def _install(lm: LoadedModel, rows, batch: Batch | None) -> Iterator[None]:
+        groups: dict[tuple[int, str], dict[int, SteeringVector]] = {}
+        for r, (iv, _s) in enumerate(rows):
+            for v in getattr(iv, "vectors", ()):
+                groups.setdefault((v.layer, v.site), {})[r] = v
+        with ExitStack() as stack:
+            for (layer, site), by_row in groups.items():
+                d = next(iter(by_row.values())).vector.shape[-1]
+                if batch is None:  # whole-batch application of a single intervention
+                    vec = by_row[0].vector * rows[0][1]
+                    mask = None
+                else:
+                    vec = torch.zeros(len(rows), d, device=lm.device, dtype=lm.dtype)
+                    kinds: list[Positions] = []
+                    for r, (_iv, s) in enumerate(rows):
+                        if r in by_row:
+                            vec[r] = by_row[r].vector.to(vec) * s
+                        kinds.append(by_row[r].positions if r in by_row else "all")
+                    mask = _row_masks(batch, kinds)
+                stack.enter_context(add_to_output(site_module(lm, layer, site), vec, positions=mask))
+            yield
+
+    def extra_numel(self) -> int:
+        return sum(v.vector.numel() for v in self.vectors)

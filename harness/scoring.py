@@ -1,0 +1,183 @@
+"""Batched teacher-forced scoring of targets after prompts, and batched generation.
+
+ROME protocol: target tokens are ``tokenizer(" " + target)`` (no special tokens), appended to the
+prompt's tokens; the score is the mean NLL over the target tokens. Sequences are right-padded, so
+every architecture sees the natural positions 0..L-1 for real tokens and the causal mask keeps pad
+tokens from influencing them. Logits are computed only at the positions that predict target
+tokens (the unembedding is the largest matmul of a small model).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, ContextManager, Sequence
+
+import torch
+
+from .models import LoadedModel
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    prompt: str
+    target: str
+
+
+@dataclass
+class TargetScore:
+    nll: float  # mean NLL per target token (nats)
+    token_nll: list[float]
+    target_ids: list[int]
+    argmax_ids: list[int]  # greedy prediction at each target position (EasyEdit accuracies/locality)
+
+    @property
+    def token_accuracy(self) -> float:
+        return sum(int(a == t) for a, t in zip(self.argmax_ids, self.target_ids)) / len(self.target_ids)
+
+
+@dataclass
+class Batch:
+    """What a per-batch intervention needs to know about the rows it is applied to."""
+
+    indices: list[int]  # positions of the rows in the caller's request list
+    input_ids: torch.Tensor  # [B, T]
+    attention_mask: torch.Tensor  # [B, T]
+    prompt_lengths: torch.Tensor  # [B] number of prompt tokens (padding excluded)
+    left_padded: bool = False
+
+    def _prompt_start(self) -> torch.Tensor:
+        if self.left_padded:
+            return self.input_ids.shape[1] - self.attention_mask.sum(1)
+        return torch.zeros_like(self.prompt_lengths)
+
+    def last_prompt_mask(self) -> torch.Tensor:
+        """``[B, T]`` True at each row's last prompt token."""
+        B, T = self.input_ids.shape
+        last = self._prompt_start() + self.prompt_lengths - 1
+        mask = torch.zeros(B, T, dtype=torch.bool, device=self.input_ids.device)
+        mask[torch.arange(B, device=mask.device), last.to(mask.device)] = True
+        return mask
+
+    def prompt_mask(self) -> torch.Tensor:
+        """``[B, T]`` True at every prompt token."""
+        B, T = self.input_ids.shape
+        pos = torch.arange(T, device=self.input_ids.device).unsqueeze(0)
+        start = self._prompt_start().to(pos.device).unsqueeze(1)
+        return (pos >= start) & (pos < start + self.prompt_lengths.to(pos.device).unsqueeze(1))
+
+
+BatchContext = Callable[[Batch], ContextManager]
+
+
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    ids = tokenizer(prompt)["input_ids"]
+    if not ids:
+        raise ValueError(f"prompt {prompt!r} encodes to no tokens")
+    return ids
+
+
+def encode_target(tokenizer, target: str) -> list[int]:
+    """``tokenizer(" " + target)`` without special tokens (ROME protocol). SentencePiece tokenizers
+    that add a dummy prefix can yield a lone whitespace piece first; it is dropped."""
+    ids = tokenizer(" " + target, add_special_tokens=False)["input_ids"]
+    if len(ids) > 1 and tokenizer.decode(ids[:1]).strip() == "":
+        ids = ids[1:]
+    if not ids:
+        raise ValueError(f"target {target!r} encodes to no tokens")
+    return ids
+
+
+def _batches(order: list[int], lengths: list[int], batch_size: int, max_tokens: int | None):
+    batch: list[int] = []
+    for i in order:
+        longest = max([lengths[j] for j in batch] + [lengths[i]])
+        if batch and (len(batch) >= batch_size or (max_tokens and longest * (len(batch) + 1) > max_tokens)):
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
+
+
+@torch.no_grad()
+def score_targets(lm: LoadedModel, requests: Sequence[ScoreRequest], batch_size: int = 32,
+                  batch_context: BatchContext | None = None, max_tokens: int | None = 8192) -> list[TargetScore]:
+    """Score every (prompt, target) pair; results are in request order and independent of batching
+    beyond float noise. ``batch_context(batch)`` may install per-row interventions for a batch."""
+    tok, dev = lm.tokenizer, lm.device
+    prompts = [encode_prompt(tok, r.prompt) for r in requests]
+    targets = [encode_target(tok, r.target) for r in requests]
+    seqs = [p + t[:-1] for p, t in zip(prompts, targets)]
+    lengths = [len(s) for s in seqs]
+    order = sorted(range(len(requests)), key=lambda i: -lengths[i])  # little padding per batch
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    results: list[TargetScore | None] = [None] * len(requests)
+    for idx in _batches(order, lengths, batch_size, max_tokens):
+        T = max(lengths[i] for i in idx)
+        ids = torch.full((len(idx), T), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), T), dtype=torch.long)
+        rows, cols, tgt = [], [], []
+        for b, i in enumerate(idx):
+            ids[b, : lengths[i]] = torch.tensor(seqs[i])
+            mask[b, : lengths[i]] = 1
+            P, K = len(prompts[i]), len(targets[i])
+            rows += [b] * K
+            cols += list(range(P - 1, P - 1 + K))
+            tgt += targets[i]
+        batch = Batch(indices=list(idx), input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                      prompt_lengths=torch.tensor([len(prompts[i]) for i in idx], device=dev))
+        with batch_context(batch) if batch_context else nullcontext():
+            hidden = lm.adapter.base(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                     use_cache=False).last_hidden_state
+        h = hidden[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)]
+        logp = torch.log_softmax(lm.adapter.logits(h).float(), dim=-1)
+        tgt_t = torch.tensor(tgt, device=dev)
+        nll = (-logp.gather(1, tgt_t.unsqueeze(1)).squeeze(1)).cpu()
+        amax = logp.argmax(-1).cpu()
+        start = 0
+        for i in idx:
+            K = len(targets[i])
+            tn = nll[start:start + K].tolist()
+            results[i] = TargetScore(nll=sum(tn) / K, token_nll=tn, target_ids=targets[i],
+                                     argmax_ids=amax[start:start + K].tolist())
+            start += K
+    return results  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def generate(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int = 32, do_sample: bool = False,
+             seed: int = 0, batch_size: int = 16, batch_context: BatchContext | None = None,
+             **gen_kwargs) -> list[str]:
+    """Batched (left-padded) generation; returns only the new text per prompt.
+
+    Greedy decoding is independent of batching. Sampling is reproducible for a fixed seed *and*
+    batch size (the RNG is re-seeded per batch).
+    """
+    tok, dev = lm.tokenizer, lm.device
+    encoded = [encode_prompt(tok, p) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    out: list[str | None] = [None] * len(prompts)
+    for bno, start in enumerate(range(0, len(order), batch_size)):
+        idx = order[start:start + batch_size]
+        T = max(len(encoded[i]) for i in idx)
+        ids = torch.full((len(idx), T), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), T), dtype=torch.long)
+        for b, i in enumerate(idx):
+            ids[b, T - len(encoded[i]):] = torch.tensor(encoded[i])
+            mask[b, T - len(encoded[i]):] = 1
+        batch = Batch(indices=list(idx), input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                      prompt_lengths=torch.tensor([len(encoded[i]) for i in idx], device=dev), left_padded=True)
+        torch.manual_seed(seed + bno)
+        with batch_context(batch) if batch_context else nullcontext():
+            gen = lm.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                    max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad,
+                                    **({} if do_sample else {"temperature": None, "top_p": None, "top_k": None}),
+                                    **gen_kwargs)
+        for b, i in enumerate(idx):
+            new = gen[b, T:].tolist()
+            if tok.eos_token_id is not None and tok.eos_token_id in new:
+                new = new[: new.index(tok.eos_token_id)]
+            out[i] = tok.decode(new, skip_special_tokens=True)
+    return out  # type: ignore[return-value]

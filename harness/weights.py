@@ -1,0 +1,95 @@
+"""Weight-edit transactions: apply low-rank deltas in place, restore bit-exactly on exit.
+
+Only the touched columns of the touched output projections are saved (never a copy of the model);
+restoring copies those saved values back, so the model is bit-identical afterwards, also when the
+body raises.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+
+from .arch import ArchAdapter, Block
+
+
+@dataclass
+class ColumnDelta:
+    """``W[:, cols] += up @ down.T`` on the ``[hidden, in]`` output projection of (layer, block).
+
+    ``cols`` is a slice or a 1-D index tensor of input columns (a head's slice, a neuron index, or
+    ``slice(None)`` for the whole matrix). ``up`` is ``[hidden, r]``, ``down`` is ``[n_cols, r]``.
+    For a dense delta pass ``up=dense`` and ``down=None``.
+    """
+
+    layer: int
+    block: Block
+    cols: slice | torch.Tensor
+    up: torch.Tensor
+    down: torch.Tensor | None = None
+
+    def dense(self) -> torch.Tensor:
+        return self.up if self.down is None else self.up @ self.down.T
+
+    def numel(self) -> int:
+        return self.up.numel() + (0 if self.down is None else self.down.numel())
+
+
+def _col_index(cols: slice | torch.Tensor, n: int) -> torch.Tensor:
+    if isinstance(cols, slice):
+        return torch.arange(n)[cols]
+    return cols.reshape(-1).long().cpu()
+
+
+class WeightEditTransaction:
+    """``with WeightEditTransaction(adapter, deltas, scale):`` edits weights, then restores them."""
+
+    def __init__(self, adapter: ArchAdapter, deltas: Sequence[ColumnDelta], scale: float = 1.0):
+        self.adapter = adapter
+        self.deltas = list(deltas)
+        self.scale = float(scale)
+        self._saved: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.saved_numel = 0
+
+    def __enter__(self) -> "WeightEditTransaction":
+        # Save the union of touched columns per matrix *before* any delta is added.
+        touched: dict[tuple[int, str], torch.Tensor] = {}
+        for d in self.deltas:
+            W = self.adapter.out_weight(d.layer, d.block)
+            idx = _col_index(d.cols, W.shape[1])
+            key = (d.layer, d.block)
+            touched[key] = torch.unique(torch.cat([touched[key], idx])) if key in touched else torch.unique(idx)
+        try:
+            with torch.no_grad():
+                for (layer, block), idx in touched.items():
+                    W = self.adapter.out_weight(layer, block)
+                    dev_idx = idx.to(W.device)
+                    self._saved.append((W, dev_idx, W[:, dev_idx].clone()))
+                    self.saved_numel += W.shape[0] * idx.numel()
+                if self.scale != 0.0:
+                    for d in self.deltas:
+                        W = self.adapter.out_weight(d.layer, d.block)
+                        delta = (self.scale * d.dense().to(device=W.device, dtype=torch.float32)).to(W.dtype)
+                        if isinstance(d.cols, slice):
+                            W[:, d.cols] += delta
+                        else:
+                            W[:, d.cols.to(W.device)] += delta
+        except BaseException:
+            self._restore()
+            raise
+        return self
+
+    def _restore(self) -> None:
+        with torch.no_grad():
+            for W, idx, orig in reversed(self._saved):
+                W[:, idx] = orig
+        self._saved.clear()
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+
+def total_numel(deltas: Iterable[ColumnDelta]) -> int:
+    return sum(d.numel() for d in deltas)
