@@ -23,7 +23,10 @@ from .models import LoadedModel
 from .scoring import Batch
 from .weights import ColumnDelta, WeightEditTransaction
 
-Site = Literal["attn", "mlp", "resid"]
+# attn / mlp: the block output added to the residual stream; attn_proj / mlp_proj: the output of
+# W_O / W_down itself (identical except on architectures with post-block norms, e.g. Gemma 2/3);
+# resid: the decoder layer's output (the residual stream).
+Site = Literal["attn", "mlp", "attn_proj", "mlp_proj", "resid"]
 Positions = Literal["all", "last", "prompt"]
 
 
@@ -81,7 +84,11 @@ class SteeringVector:
 def site_module(lm: LoadedModel, layer: int, site: Site) -> torch.nn.Module:
     if site == "resid":
         return lm.adapter.layers[layer]
-    return lm.adapter.block_output_module(layer, site)
+    if site in ("attn_proj", "mlp_proj"):
+        return lm.adapter.out_proj(layer, site[: -len("_proj")])
+    if site in ("attn", "mlp"):
+        return lm.adapter.block_output_module(layer, site)
+    raise ValueError(f"unknown steering site {site!r}")
 
 
 def _row_masks(batch: Batch, kinds: Sequence[Positions]) -> torch.Tensor | None:

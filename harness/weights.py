@@ -59,6 +59,8 @@ class WeightEditTransaction:
         for d in self.deltas:
             W = self.adapter.out_weight(d.layer, d.block)
             idx = _col_index(d.cols, W.shape[1])
+            if idx.numel() != torch.unique(idx).numel():  # W[:, idx] += x would not accumulate repeats
+                raise ValueError(f"ColumnDelta for layer {d.layer} {d.block} repeats a column index")
             key = (d.layer, d.block)
             touched[key] = torch.unique(torch.cat([touched[key], idx])) if key in touched else torch.unique(idx)
         try:

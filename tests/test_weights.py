@@ -60,3 +60,14 @@ def test_scale_zero_is_identity():
     ref = lm.model(ids).logits
     with WeightEditTransaction(lm.adapter, _deltas(lm), scale=0.0):
         assert torch.equal(lm.model(ids).logits, ref)
+
+
+def test_repeated_columns_rejected():
+    lm = tiny("tiny-llama")
+    H = lm.adapter.hidden_size
+    before = _snapshot(lm.model)
+    bad = [ColumnDelta(0, "mlp", torch.tensor([1, 1]), torch.randn(H, 1), torch.randn(2, 1))]
+    with pytest.raises(ValueError, match="repeats a column"):
+        with WeightEditTransaction(lm.adapter, bad):
+            pass
+    assert _bit_equal(before, _snapshot(lm.model))

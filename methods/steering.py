@@ -1,0 +1,98 @@
+"""Activation-steering baselines fitted from the same probes as Steer2Edit.
+
+* ``steering`` - the Steer2Edit paper's baseline (METHODS.md section 1.5): add ``gamma * v_l^b``
+  (the *unnormalised* contrastive direction) to every layer's attention and MLP block output at all
+  positions. ``gamma`` is the evaluator's ``strength``; the intervention stores the raw ``v``.
+* ``steering-layer`` - single-layer CAA / ActAdd-style steering: add ``gamma * r_l`` to the residual
+  stream after one layer (default: the middle one), at all positions, where ``r_l`` is the mean
+  difference of that layer's output over the probe window.
+
+For knowledge edits the probe is our adaptation, shared with Steer2Edit: the rewrite prompt
+completed with ``" " + target_new`` (positive) vs ``" " + target_true`` (negative); see
+:mod:`methods.steer2edit` for why the averaging ``window`` defaults to ``"response"`` there.
+Both interventions are row-batchable, so the evaluator scores many cases in one batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from harness.arch import BLOCKS
+from harness.directions import WINDOWS, Directions, ProbeExample, edit_probe_pair, extract_directions
+from harness.errors import ConfigError
+from harness.interventions import ActivationIntervention, SteeringVector
+from harness.records import EditRequest
+
+from .base import Method
+
+
+def _check(method: str, window: str, batch_size: int) -> None:
+    if window not in WINDOWS:
+        raise ConfigError(f"{method}: window must be one of {', '.join(WINDOWS)}, got {window!r}")
+    if batch_size < 1:
+        raise ConfigError(f"{method}: batch_size must be >= 1, got {batch_size}")
+
+
+class _ProbeSteering(Method):
+    """Shared fitting: probes -> :class:`Directions` -> an :class:`ActivationIntervention`."""
+
+    supports = frozenset({"edit", "behaviour"})
+
+    def vectors_from(self, d: Directions) -> list[SteeringVector]:
+        raise NotImplementedError
+
+    def fit_edit(self, request: EditRequest) -> ActivationIntervention:
+        pos, neg = edit_probe_pair(request, self.lm.tokenizer)
+        d = extract_directions(self.lm, [pos], [neg], batch_size=2, window=self.params.window)
+        return ActivationIntervention(self.vectors_from(d))
+
+    def fit_behaviour(self, positives: Sequence[ProbeExample], negatives: Sequence[ProbeExample],
+                      window: str = "predict") -> ActivationIntervention:
+        """Behaviour probes use the paper's window ("predict") by default."""
+        d = extract_directions(self.lm, positives, negatives, batch_size=self.params.batch_size, window=window)  # type: ignore[arg-type]
+        return ActivationIntervention(self.vectors_from(d))
+
+
+class Steering(_ProbeSteering):
+    name = "steering"
+    description = "Steer2Edit paper baseline: add gamma * v_l^b at every attention and MLP block output"
+
+    @dataclass
+    class Params:
+        window: str = "response"
+        batch_size: int = 16
+
+        def __post_init__(self):
+            _check("steering", self.window, self.batch_size)
+
+    def vectors_from(self, d: Directions) -> list[SteeringVector]:
+        # The paper adds v at the W_O / W_down output (before any post-block norm), measured there.
+        return [SteeringVector(l, f"{b}_proj", d.proj_directions[(l, b)], positions="all")  # type: ignore[arg-type]
+                for l in range(self.lm.adapter.n_layers) for b in BLOCKS]
+
+
+class SteeringLayer(_ProbeSteering):
+    name = "steering-layer"
+    description = "CAA/ActAdd-style: add gamma * (residual mean difference) after one layer (default: middle)"
+
+    @dataclass
+    class Params:
+        layer: int | None = None  # None: n_layers // 2
+        window: str = "response"
+        batch_size: int = 16
+
+        def __post_init__(self):
+            _check("steering-layer", self.window, self.batch_size)
+
+    def __init__(self, lm, params=None, seed: int = 0):
+        super().__init__(lm, params, seed)
+        n = lm.adapter.n_layers
+        if self.params.layer is None:
+            self.params.layer = n // 2
+        if not 0 <= self.params.layer < n:
+            raise ConfigError(f"steering-layer: layer must be in [0, {n - 1}] for this model, got {self.params.layer}")
+
+    def vectors_from(self, d: Directions) -> list[SteeringVector]:
+        layer = self.params.layer
+        return [SteeringVector(layer, "resid", d.resid[layer], positions="all")]
