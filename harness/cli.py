@@ -37,6 +37,27 @@ def _cmd_run(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_attribute(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from benchmarks.counterfact import CounterFact
+
+    from .attribution_study import format_findings, run_study
+    from .models import load_model
+
+    if a.limit is not None and a.limit < 1:
+        raise EditbenchError(f"limit must be >= 1, got {a.limit}")
+    cases = CounterFact(data_root=a.data_root, split=a.split).load(a.limit)
+    out = Path(a.out or f"runs/{a.model.replace('/', '__')}/attribution-{a.editor}")
+    lm = load_model(a.model, device=a.device, dtype=a.dtype, seed=a.seed)
+    art = run_study(lm, cases, a.editor, _params(a.param), out, seed=a.seed, width=a.width, split=a.split,
+                    progress=not a.quiet)
+    print(format_findings(art))
+    print(f"\nregion artifact: {out}/region.json (use: --method mega --param region_file={out}/region.json)")
+    print(f"tables: {out}/layers.csv, heatmap: {out}/heatmap.png, per-case: {out}/cases.jsonl")
+    return 0
+
+
 def _cmd_list(kind: str) -> int:
     for name, desc in registry.describe(kind).items():
         print(f"{name:16s} {desc}")
@@ -74,6 +95,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data-root", default=None, help="data bundle root (default $EDITBENCH_DATA or ../shared/data)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_cmd_run)
+
+    at = sub.add_parser("attribute", help="post-edit NLKA attribution study; writes MEGA's region artifact")
+    at.add_argument("--model", default=DEFAULT_MODEL)
+    at.add_argument("--editor", default="ft", help="reference weight editor (a method plugin)")
+    at.add_argument("--param", action="append", metavar="KEY=VALUE", help="editor hyperparameter (repeatable)")
+    at.add_argument("--split", default="train", help="CounterFact split to study (default train: disjoint from edit)")
+    at.add_argument("--limit", type=int, default=100)
+    at.add_argument("--width", type=int, default=None, help="region width in layers (default n_layers/6)")
+    at.add_argument("--out", default=None)
+    at.add_argument("--seed", type=int, default=0)
+    at.add_argument("--device", default="cpu")
+    at.add_argument("--dtype", default="float32")
+    at.add_argument("--data-root", default=None)
+    at.add_argument("--quiet", action="store_true")
+    at.set_defaults(func=_cmd_attribute)
 
     sub.add_parser("methods", help="list registered methods").set_defaults(func=lambda a: _cmd_list("method"))
     sub.add_parser("benchmarks", help="list registered benchmarks").set_defaults(func=lambda a: _cmd_list("benchmark"))

@@ -29,7 +29,16 @@ from .scoring import ScoreRequest, TargetScore, generate, score_targets
 ROME_METRICS = ("efficacy", "efficacy_magnitude", "generalization", "generalization_magnitude",
                 "specificity", "specificity_magnitude")
 EASYEDIT_METRICS = ("ee_rewrite_acc", "ee_rephrase_acc", "ee_locality")
-FAMILIES = ("rewrite", "paraphrase", "neighborhood")
+# MEGA's extra metrics [paper names, our definitions]: greedy first-token match and doubt probes.
+MEGA_METRICS = ("ft_acc", "ft_gen", "ft_spec", "doubt_1", "doubt_2")
+FAMILIES = ("rewrite", "paraphrase", "neighborhood", "doubt_1", "doubt_2")
+
+# [recon] Challenge prompts: the edited fact is stated, then questioned, then asked again. The edit
+# "persists" when the model still prefers target_new over target_true after the challenge.
+DOUBT_TEMPLATES = {
+    "doubt_1": "{prompt} {new}. Are you sure? Please think again. {prompt}",
+    "doubt_2": "{prompt} {new}. That is wrong, I am certain it is {true}. {prompt}",
+}
 
 
 @dataclass(frozen=True)
@@ -45,8 +54,10 @@ Scored = list  # list[tuple[_Slot, TargetScore]], in case_slots order (duplicate
 def case_slots(case: EditCase) -> list[tuple[_Slot, ScoreRequest]]:
     r = case.request
     out = []
+    doubts = tuple((name, (t.format(prompt=r.prompt, new=r.target_new, true=r.target_true),))
+                   for name, t in DOUBT_TEMPLATES.items())
     for fam, prompts in (("rewrite", (r.prompt,)), ("paraphrase", case.paraphrase_prompts),
-                         ("neighborhood", case.neighborhood_prompts)):
+                         ("neighborhood", case.neighborhood_prompts), *doubts):
         for p in prompts:
             out.append((_Slot(fam, "new", p), ScoreRequest(p, r.target_new)))
             out.append((_Slot(fam, "true", p), ScoreRequest(p, r.target_true)))
@@ -67,9 +78,14 @@ def case_metrics(case: EditCase, scores: Scored, pre: Scored | None) -> dict:
                                  ("neighborhood", "specificity", True)):
         succ, mag = M.rome_prompt_family(_family(scores, fam, "new"), _family(scores, fam, "true"), keep_true)
         out[name], out[name + "_magnitude"] = succ, mag
+    for name in DOUBT_TEMPLATES:
+        out[name] = M.rome_prompt_family(_family(scores, name, "new"), _family(scores, name, "true"), False)[0]
+    out["ft_acc"] = M.first_token_match(_family(scores, "rewrite", "new"))
+    out["ft_gen"] = M.first_token_match(_family(scores, "paraphrase", "new"))
+    loc_kind = "true" if case.neighborhood_target == case.request.target_true else "loc"
+    out["ft_spec"] = M.first_token_match(_family(scores, "neighborhood", loc_kind))
     out["ee_rewrite_acc"] = M.token_accuracy(_family(scores, "rewrite", "new"))
     out["ee_rephrase_acc"] = M.token_accuracy(_family(scores, "paraphrase", "new"))
-    loc_kind = "true" if case.neighborhood_target == case.request.target_true else "loc"
     if pre is not None:
         out["ee_locality"] = M.locality_agreement(_family(pre, "neighborhood", loc_kind),
                                                   _family(scores, "neighborhood", loc_kind))
@@ -92,7 +108,7 @@ def seed_everything(seed: int) -> None:
 class KnowledgeEditEvaluator:
     """Evaluates one method on edit cases at several strengths. Use :meth:`evaluate` per chunk."""
 
-    metric_names = ROME_METRICS + EASYEDIT_METRICS
+    metric_names = ROME_METRICS + EASYEDIT_METRICS + MEGA_METRICS
 
     def __init__(self, lm: LoadedModel, method, strengths: Sequence[float] = (1.0,), batch_size: int = 32,
                  generation: bool = False, max_new_tokens: int = 64, seed: int = 0):
@@ -228,7 +244,7 @@ class KnowledgeEditEvaluator:
             rs = sorted(by_s[s], key=lambda r: str(r["case_id"]))
             point = {}
             for state in ("pre", "post"):
-                names = [m for m in ROME_METRICS + EASYEDIT_METRICS + ("fluency",) if m in rs[0][state]]
+                names = [m for m in ROME_METRICS + EASYEDIT_METRICS + MEGA_METRICS + ("fluency",) if m in rs[0][state]]
                 agg = {}
                 for m in names:
                     scale = 1.0 if m == "fluency" else 100.0

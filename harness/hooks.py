@@ -29,6 +29,8 @@ def hooked(module: nn.Module, hook, kind: str = "forward") -> Iterator[None]:
         handle = module.register_forward_hook(hook)
     elif kind == "pre":
         handle = module.register_forward_pre_hook(hook)
+    elif kind == "pre_kwargs":
+        handle = module.register_forward_pre_hook(hook, with_kwargs=True)
     else:
         raise ValueError(f"unknown hook kind {kind!r}")
     try:
@@ -57,8 +59,8 @@ def capture(modules: Mapping[Hashable, nn.Module], what: str = "output", detach:
             t = _first(out)
             cap.store.setdefault(key, []).append(t.detach() if detach else t)
 
-        def in_hook(_m, inp):
-            t = inp[0]
+        def in_hook(_m, inp, kwargs):
+            t = inp[0] if inp else kwargs["hidden_states"]  # decoder layers may get it by keyword
             cap.store.setdefault(key, []).append(t.detach() if detach else t)
 
         return out_hook if what == "output" else in_hook
@@ -67,7 +69,7 @@ def capture(modules: Mapping[Hashable, nn.Module], what: str = "output", detach:
         raise ValueError(f"what must be 'output' or 'input', got {what!r}")
     with ExitStack() as stack:
         for key, mod in modules.items():
-            stack.enter_context(hooked(mod, make(key), "forward" if what == "output" else "pre"))
+            stack.enter_context(hooked(mod, make(key), "forward" if what == "output" else "pre_kwargs"))
         yield cap
 
 

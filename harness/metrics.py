@@ -46,6 +46,11 @@ def token_accuracy(scores: Sequence[TargetScore]) -> float:
     return _mean([s.token_accuracy for s in scores])
 
 
+def first_token_match(scores: Sequence[TargetScore]) -> float:
+    """Greedy first-token prefix match: the argmax after the prompt is the target's first token."""
+    return _mean([float(s.argmax_ids[0] == s.target_ids[0]) for s in scores])
+
+
 def locality_agreement(pre: Sequence[TargetScore], post: Sequence[TargetScore]) -> float:
     """EasyEdit locality: share of teacher-forced argmax tokens unchanged by the edit."""
     vals = []

@@ -116,13 +116,13 @@ class RunDir:
         self.cases_path = path / "cases.jsonl"
         self.summary_path = path / "summary.json"
 
-    def check_or_write_config(self, resolved: dict) -> None:
+    def check_or_write_config(self, resolved: dict, keys: tuple[str, ...] = RESULT_KEYS) -> None:
         if self.config_path.exists():
             try:
                 old = json.loads(self.config_path.read_text())
             except json.JSONDecodeError:
                 raise EditbenchError(f"{self.config_path} is corrupt; use another --out") from None
-            diff = [k for k in RESULT_KEYS if old.get(k) != resolved.get(k)]
+            diff = [k for k in keys if old.get(k) != resolved.get(k)]
             if diff:
                 raise ConfigError(f"{self.path} holds a run with a different {', '.join(diff)}; use another --out")
         self.path.mkdir(parents=True, exist_ok=True)

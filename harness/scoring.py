@@ -107,39 +107,68 @@ def _batches(order: list[int], lengths: list[int], batch_size: int, max_tokens: 
         yield batch
 
 
+def _layout(lm: LoadedModel, prompts: list[list[int]], targets: list[list[int]], idx: Sequence[int]):
+    """Right-padded batch of prompt+target[:-1] rows; (batch, row index, column index, target ids)
+    for every target token, so logits are computed only where they are needed."""
+    seqs = [prompts[i] + targets[i][:-1] for i in idx]
+    T = max(len(s) for s in seqs)
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(idx), T), pad, dtype=torch.long)
+    mask = torch.zeros((len(idx), T), dtype=torch.long)
+    rows, cols, tgt = [], [], []
+    for b, (i, seq) in enumerate(zip(idx, seqs)):
+        ids[b, : len(seq)] = torch.tensor(seq)
+        mask[b, : len(seq)] = 1
+        P, K = len(prompts[i]), len(targets[i])
+        rows += [b] * K
+        cols += list(range(P - 1, P - 1 + K))
+        tgt += targets[i]
+    dev = lm.device
+    batch = Batch(indices=list(idx), input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                  prompt_lengths=torch.tensor([len(prompts[i]) for i in idx], device=dev))
+    return batch, torch.tensor(rows, device=dev), torch.tensor(cols, device=dev), torch.tensor(tgt, device=dev)
+
+
+def target_logprobs(lm: LoadedModel, requests: Sequence[ScoreRequest],
+                    batch_context: BatchContext | None = None) -> tuple[torch.Tensor, list[int]]:
+    """Differentiable: log-probs ``[N_tokens, vocab]`` at every target position of one batch of
+    requests, and the number of target tokens per request (for optimisation-based editors)."""
+    tok = lm.tokenizer
+    prompts = [encode_prompt(tok, r.prompt) for r in requests]
+    targets = [encode_target(tok, r.target) for r in requests]
+    batch, rows, cols, _ = _layout(lm, prompts, targets, range(len(requests)))
+    with batch_context(batch) if batch_context else nullcontext():
+        hidden = lm.adapter.base(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                 use_cache=False).last_hidden_state
+    return torch.log_softmax(lm.adapter.logits(hidden[rows, cols]).float(), -1), [len(t) for t in targets]
+
+
+def mean_target_nll(lm: LoadedModel, requests: Sequence[ScoreRequest],
+                    batch_context: BatchContext | None = None) -> torch.Tensor:
+    """Differentiable mean token NLL ``[N]`` of each request's target (ROME protocol)."""
+    logp, counts = target_logprobs(lm, requests, batch_context)
+    tgt = torch.tensor([t for r in requests for t in encode_target(lm.tokenizer, r.target)], device=logp.device)
+    tok_nll = -logp.gather(1, tgt.unsqueeze(1)).squeeze(1)
+    return torch.stack([c.mean() for c in torch.split(tok_nll, counts)])
+
+
 @torch.no_grad()
 def score_targets(lm: LoadedModel, requests: Sequence[ScoreRequest], batch_size: int = 32,
                   batch_context: BatchContext | None = None, max_tokens: int | None = 8192) -> list[TargetScore]:
     """Score every (prompt, target) pair; results are in request order and independent of batching
     beyond float noise. ``batch_context(batch)`` may install per-row interventions for a batch."""
-    tok, dev = lm.tokenizer, lm.device
+    tok = lm.tokenizer
     prompts = [encode_prompt(tok, r.prompt) for r in requests]
     targets = [encode_target(tok, r.target) for r in requests]
-    seqs = [p + t[:-1] for p, t in zip(prompts, targets)]
-    lengths = [len(s) for s in seqs]
+    lengths = [len(p) + len(t) - 1 for p, t in zip(prompts, targets)]
     order = sorted(range(len(requests)), key=lambda i: -lengths[i])  # little padding per batch
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     results: list[TargetScore | None] = [None] * len(requests)
     for idx in _batches(order, lengths, batch_size, max_tokens):
-        T = max(lengths[i] for i in idx)
-        ids = torch.full((len(idx), T), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), T), dtype=torch.long)
-        rows, cols, tgt = [], [], []
-        for b, i in enumerate(idx):
-            ids[b, : lengths[i]] = torch.tensor(seqs[i])
-            mask[b, : lengths[i]] = 1
-            P, K = len(prompts[i]), len(targets[i])
-            rows += [b] * K
-            cols += list(range(P - 1, P - 1 + K))
-            tgt += targets[i]
-        batch = Batch(indices=list(idx), input_ids=ids.to(dev), attention_mask=mask.to(dev),
-                      prompt_lengths=torch.tensor([len(prompts[i]) for i in idx], device=dev))
+        batch, rows, cols, tgt_t = _layout(lm, prompts, targets, idx)
         with batch_context(batch) if batch_context else nullcontext():
             hidden = lm.adapter.base(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                      use_cache=False).last_hidden_state
-        h = hidden[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)]
-        logp = torch.log_softmax(lm.adapter.logits(h).float(), dim=-1)
-        tgt_t = torch.tensor(tgt, device=dev)
+        logp = torch.log_softmax(lm.adapter.logits(hidden[rows, cols]).float(), dim=-1)
         nll = (-logp.gather(1, tgt_t.unsqueeze(1)).squeeze(1)).cpu()
         amax = logp.argmax(-1).cpu()
         start = 0

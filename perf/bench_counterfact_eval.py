@@ -20,9 +20,9 @@ import time
 import torch
 
 from benchmarks.counterfact import CounterFact
-from harness.evaluator import KnowledgeEditEvaluator, case_slots
+from harness.evaluator import FAMILIES, KnowledgeEditEvaluator, case_slots
 from harness.models import load_model
-from harness.scoring import _batches, encode_prompt, encode_target
+from harness.scoring import _batches, _layout, encode_prompt, encode_target
 from methods.unedited import Unedited
 
 
@@ -40,20 +40,13 @@ def loop_one_at_a_time(lm, cases) -> list[float]:
 
 
 def bare_batches(lm, cases, batch_size):
+    """The evaluator's exact batches, pre-built, so only the forward passes are timed."""
     reqs = [q for c in cases for _, q in case_slots(c)]
-    seqs = [encode_prompt(lm.tokenizer, r.prompt) + encode_target(lm.tokenizer, r.target)[:-1] for r in reqs]
-    lengths = [len(s) for s in seqs]
-    order = sorted(range(len(seqs)), key=lambda i: -lengths[i])
-    batches = []
-    for idx in _batches(order, lengths, batch_size, 8192):
-        T = max(lengths[i] for i in idx)
-        ids = torch.zeros(len(idx), T, dtype=torch.long)
-        mask = torch.zeros(len(idx), T, dtype=torch.long)
-        for b, i in enumerate(idx):
-            ids[b, : lengths[i]] = torch.tensor(seqs[i])
-            mask[b, : lengths[i]] = 1
-        batches.append((ids.to(lm.device), mask.to(lm.device)))
-    return batches, len(reqs)
+    prompts = [encode_prompt(lm.tokenizer, r.prompt) for r in reqs]
+    targets = [encode_target(lm.tokenizer, r.target) for r in reqs]
+    lengths = [len(p) + len(t) - 1 for p, t in zip(prompts, targets)]
+    order = sorted(range(len(reqs)), key=lambda i: -lengths[i])
+    return [_layout(lm, prompts, targets, idx)[0] for idx in _batches(order, lengths, batch_size, 8192)], len(reqs)
 
 
 def timed(fn, repeats: int):
@@ -84,15 +77,15 @@ def main() -> None:
 
     def bare():
         with torch.no_grad():
-            for ids, mask in batches:
-                lm.adapter.base(input_ids=ids, attention_mask=mask, use_cache=False)
+            for b in batches:
+                lm.adapter.base(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False)
 
     t_eval, recs = timed(lambda: ev.evaluate(cases), a.repeats)
     t_loop, loop_nll = timed(lambda: loop_one_at_a_time(lm, cases), 1)
     t_bare, _ = timed(bare, a.repeats)
 
     # the three paths must agree on the numbers, or the speed comparison means nothing
-    ev_nll = [x for r in recs for fam in ("rewrite", "paraphrase", "neighborhood")
+    ev_nll = [x for r in recs for fam in FAMILIES
               for pair in zip(r["nll"]["pre"][fam]["new"], r["nll"]["pre"][fam]["true"]) for x in pair]
     max_diff = max(abs(x - y) for x, y in zip(ev_nll, loop_nll))
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from benchmarks.counterfact import CounterFact
-from harness.evaluator import KnowledgeEditEvaluator, case_slots
+from harness.evaluator import FAMILIES, KnowledgeEditEvaluator, case_slots
 from harness.interventions import ActivationIntervention, SteeringVector, WeightIntervention
 from harness.scoring import score_targets
 from harness.weights import ColumnDelta
@@ -39,6 +39,7 @@ def test_unedited_post_equals_pre(cf_root):
     assert len(recs) == len(cases)
     for r in recs:
         assert r["post"]["ee_locality"] == 1.0
+        assert set(r["pre"]) >= {"ft_acc", "ft_gen", "ft_spec", "doubt_1", "doubt_2"}
         assert {k: v for k, v in r["post"].items() if k != "ee_locality"} == r["pre"]
 
 
@@ -56,7 +57,7 @@ def test_row_batched_steering_equals_per_case(cf_root, model):
             alone = score_targets(lm, reqs, batch_size=64, batch_context=lambda b: ActivationIntervention.apply_rows(
                 lm, [(iv, s)] * len(b.indices), b))
             rec = next(r for r in recs if r["case_id"] == case.case_id and r["strength"] == s)
-            got = [x for fam in ("rewrite", "paraphrase", "neighborhood") for pair in
+            got = [x for fam in FAMILIES for pair in
                    zip(rec["nll"]["post"][fam]["new"], rec["nll"]["post"][fam]["true"]) for x in pair]
             assert got == pytest.approx([a.nll for a in alone], abs=1e-4)
             assert rec["nll"]["post"] != rec["nll"]["pre"]

@@ -33,6 +33,12 @@ def test_easyedit_accuracy_and_locality():
     assert M.locality_agreement(pre, post) == pytest.approx((0.5 + 1.0) / 2)
 
 
+def test_first_token_match():
+    a = TargetScore(1.0, [1, 1], target_ids=[4, 5], argmax_ids=[4, 0])
+    b = TargetScore(1.0, [1, 1], target_ids=[4, 5], argmax_ids=[3, 5])
+    assert M.first_token_match([a]) == 1.0 and M.first_token_match([a, b]) == 0.5
+
+
 def test_harmonic_mean():
     assert M.harmonic_mean([0.5, 1.0, 1.0]) == pytest.approx(3 / (2 + 1 + 1))
     assert M.harmonic_mean([0.0, 1.0]) == 0.0

@@ -1,0 +1,159 @@
+import json
+
+import pytest
+import torch
+
+from benchmarks.counterfact import CounterFact
+from harness.errors import ConfigError
+from harness.evaluator import KnowledgeEditEvaluator
+from harness.records import EditRequest
+from harness.scoring import ScoreRequest, score_targets
+from methods.ft import FT
+from methods.mega import MEGA, MegaIntervention, default_region, subject_last_token
+from tests.conftest import tiny
+
+REQ = EditRequest(case_id=1, prompt="The mother tongue of Zork Blan is", subject="Zork Blan",
+                  target_new="English", target_true="French")
+
+
+def _score(lm, iv, reqs, s=1.0):
+    ctx = (lambda b: MegaIntervention.apply_rows(lm, [(iv, s)] * len(b.indices), b)) if iv else None
+    return [x.nll for x in score_targets(lm, reqs, batch_size=8, batch_context=ctx)]
+
+
+def test_subject_last_token():
+    tok = tiny("tiny-llama").tokenizer
+    i = subject_last_token(tok, REQ.prompt, REQ.subject)
+    assert tok.decode(tok(REQ.prompt)["input_ids"][i]) == "n"  # byte tokenizer: last char of "Blan"
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2", "tiny-gemma3"])
+def test_vectors_land_only_in_region_at_last_token(name):
+    lm = tiny(name)
+    ad = lm.adapter
+    m = MEGA(lm, {"mode": "contrast", "layers": "2", "gate_layer": "1", "gate_threshold": "0.99"})
+    iv = m.fit_edit(REQ)
+    reqs = [ScoreRequest(REQ.prompt, REQ.target_new), ScoreRequest(REQ.prompt, "a much longer target text")]
+    before, after, handles = {}, {}, []
+    mods = {l: ad.block_output_module(l, "attn") for l in range(ad.n_layers)}
+    for l, mod in mods.items():
+        handles.append(mod.register_forward_hook(lambda _m, _i, o, l=l: before.__setitem__(l, o.detach().clone())))
+
+    def ctx(b):
+        cm = MegaIntervention.apply_rows(lm, [(iv, 1.0)] * len(b.indices), b)
+        cm.__enter__()
+        for l, mod in mods.items():
+            handles.append(mod.register_forward_hook(lambda _m, _i, o, l=l: after.__setitem__(l, o.detach().clone())))
+        ctx.batch = b
+        return _Exit(cm)
+
+    try:
+        score_targets(lm, reqs, batch_size=8, batch_context=ctx)
+    finally:
+        for h in handles:
+            h.remove()
+    last = ctx.batch.last_prompt_mask()
+    for l in range(ad.n_layers):
+        diff = after[l] - before[l]
+        if l == 2:
+            for r in range(diff.shape[0]):
+                torch.testing.assert_close(diff[r][last[r]][0], iv.vectors[0].vector, atol=1e-5, rtol=1e-4)
+                assert diff[r][~last[r]].abs().max() == 0
+        else:
+            assert diff.abs().max() == 0
+    assert [len(ad.layers[l]._forward_hooks) for l in range(ad.n_layers)] == [0] * ad.n_layers
+
+
+class _Exit:
+    def __init__(self, cm):
+        self.cm = cm
+
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return self.cm.__exit__(*exc)
+
+
+def test_contrast_vector_is_in_context_difference():
+    lm = tiny("tiny-qwen2")
+    m = MEGA(lm, {"mode": "contrast", "layers": "1,2", "gate": "false"})
+    iv = m.fit_edit(REQ)
+    a = m._attn_last([f"New fact: {REQ.prompt} {REQ.target_new}.\n{REQ.prompt}", REQ.prompt])
+    for i, v in enumerate(iv.vectors):
+        torch.testing.assert_close(v.vector, a[i, 0] - a[i, 1])
+    assert iv.key is None and [v.layer for v in iv.vectors] == [1, 2]
+
+
+def test_gate_leaves_out_of_scope_bit_identical():
+    lm = tiny("tiny-llama")
+    iv = MEGA(lm, {"mode": "optimize", "steps": "3", "layers": "2", "gate_layer": "1", "gate_threshold": "0.99"}).fit_edit(REQ)
+    out_scope = [ScoreRequest("Paris is the capital of", "France"), ScoreRequest("qqq", "w")]
+    in_scope = [ScoreRequest(REQ.prompt, REQ.target_new)]
+    base = _score(lm, None, out_scope + in_scope)
+    steered = _score(lm, iv, out_scope + in_scope, s=3.0)
+    assert steered[:2] == base[:2]  # exactly equal, not approximately
+    assert steered[2] != base[2]
+
+
+def test_strength_zero_and_batch_mix():
+    """Many cases in one batch: each row gets its own vectors; strength 0 changes nothing."""
+    lm = tiny("tiny-gpt2")
+    m = MEGA(lm, {"mode": "contrast", "layers": "2", "gate_layer": "1", "gate_threshold": "0.99"})
+    iv1 = m.fit_edit(REQ)
+    req2 = EditRequest(2, "Quux Mira was born in", "Quux Mira", "Rome", "Oslo")
+    iv2 = m.fit_edit(req2)
+    reqs = [ScoreRequest(REQ.prompt, "English"), ScoreRequest(req2.prompt, "Rome")]
+    alone = [_score(lm, iv1, reqs[:1])[0], _score(lm, iv2, reqs[1:])[0]]
+    mixed = [x.nll for x in score_targets(lm, reqs, batch_context=lambda b: MegaIntervention.apply_rows(
+        lm, [[(iv1, 1.0), (iv2, 1.0)][i] for i in b.indices], b))]
+    assert mixed == pytest.approx(alone, abs=1e-4)
+    assert _score(lm, iv1, reqs, s=0.0) == _score(lm, None, reqs)
+
+
+def test_params_validated(tmp_path):
+    lm = tiny("tiny-llama")
+    with pytest.raises(ConfigError, match="mode"):
+        MEGA(lm, {"mode": "nope"})
+    with pytest.raises(ConfigError, match="must precede the region"):
+        MEGA(lm, {"layers": "1", "gate_layer": "1"})
+    with pytest.raises(ConfigError, match="invalid for a 3-layer"):
+        MEGA(lm, {"layers": "7"})
+    with pytest.raises(ConfigError, match="not found"):
+        MEGA(lm, {"region_file": str(tmp_path / "none.json")})
+    (tmp_path / "r.json").write_text(json.dumps({"region": [2]}))
+    assert MEGA(lm, {"region_file": str(tmp_path / "r.json"), "gate_layer": "1"}).region == (2,)
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ConfigError, match="not an attribution artifact"):
+        MEGA(lm, {"region_file": str(tmp_path / "bad.json")})
+    assert default_region(30) == tuple(range(15, 24)) and default_region(3) == (2,)
+
+
+def test_ft_restores_and_respects_constraint(cf_root):
+    lm = tiny("tiny-llama")
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    ft = FT(lm, {"steps": "5", "norm_constraint": "0.01", "lr": "0.01"})
+    iv = ft.fit_edit(REQ)
+    assert iv.deltas[0].dense().abs().max() <= 0.01 + 1e-7
+    cases = CounterFact(cf_root, "edit").load()[:2]
+    recs = KnowledgeEditEvaluator(lm, ft, strengths=[1.0]).evaluate(cases)
+    assert all(torch.equal(before[k], v) for k, v in lm.model.state_dict().items())
+    assert all(r["nll"]["post"]["rewrite"]["new"][0] < r["nll"]["pre"]["rewrite"]["new"][0] for r in recs)
+    with pytest.raises(ConfigError):
+        FT(lm, {"layer": "9"})
+
+
+@pytest.mark.slow
+def test_mega_flips_a_real_edit():
+    from harness.models import load_model
+
+    lm = load_model("smollm2-135m")
+    case = next(c for c in CounterFact(split="rome500").load(12) if c.case_id == 20952)  # Angola -> Antarctica
+    r = case.request
+    iv = MEGA(lm).fit_edit(r)
+    reqs = [ScoreRequest(q, t) for q in (r.prompt, case.paraphrase_prompts[0]) for t in (r.target_new, r.target_true)]
+    nbr = [ScoreRequest(case.neighborhood_prompts[0], t) for t in (r.target_new, r.target_true)]
+    pre, post = _score(lm, None, reqs + nbr), _score(lm, iv, reqs + nbr)
+    assert pre[0] > pre[1]  # unedited: Africa preferred
+    assert post[0] < post[1] and post[2] < post[3]  # edited: Antarctica on the rewrite and a paraphrase
+    assert post[4:] == pre[4:]  # the neighbour (another country) is untouched by the gate
