@@ -16,7 +16,7 @@ Conventions (see METHODS.md):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -55,16 +55,7 @@ _LLAMA = ArchSpec(
     down_proj="mlp.down_proj",
 )
 # Gemma 2/3 normalise each block's output before adding it to the residual stream.
-_GEMMA = ArchSpec(
-    base="model",
-    layers="model.layers",
-    final_norm="model.norm",
-    unembed="lm_head",
-    attn_out="post_attention_layernorm",
-    mlp_out="post_feedforward_layernorm",
-    o_proj="self_attn.o_proj",
-    down_proj="mlp.down_proj",
-)
+_GEMMA = replace(_LLAMA, attn_out="post_attention_layernorm", mlp_out="post_feedforward_layernorm")
 _GPT2 = ArchSpec(
     base="transformer",
     layers="transformer.h",
