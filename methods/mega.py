@@ -16,9 +16,12 @@ edits, changing no weights.
   evaluation prompts); vectors are parametrised relative to the attention output norm |A_l|;
 * ``mode=contrast``: training-free, ``A_l(new fact stated in context, then the prompt) - A_l(prompt)``
   at the last token;
-* scope gate: the key is the hidden state after ``gate_layer`` at the subject's last token of the
-  rewrite prompt; a prompt is in scope when some prompt position's state there has cosine
-  similarity >= ``gate_threshold`` with the key. Out-of-scope rows get nothing added (bit-identical
+* scope gate: the keys are the hidden states after ``gate_layer`` at the subject's last token of the
+  rewrite prompt under the same neutral prefixes as training (a subject that opens the prompt
+  sits on the first token, whose state is an outlier, and is tokenised without the leading space
+  it has mid-sentence, so one key from the bare prompt misses paraphrases that embed it); a prompt
+  is in scope when some prompt position's state there has cosine similarity >= ``gate_threshold``
+  with some key. Out-of-scope rows get nothing added (bit-identical
   to the unedited model). ``gate_layer`` must precede the region.
 """
 
@@ -65,9 +68,9 @@ def default_region(n_layers: int) -> tuple[int, ...]:
 
 @dataclass
 class MegaIntervention(ActivationIntervention):
-    """Region vectors plus the gate key; row-batchable with a per-row, per-input scope gate."""
+    """Region vectors plus the gate keys; row-batchable with a per-row, per-input scope gate."""
 
-    key: torch.Tensor | None = None
+    key: torch.Tensor | None = None  # [n_keys, d] (or [d]); None: always in scope
     gate_layer: int = 0
     gate_threshold: float = 0.8
     subject_positions: bool = False
@@ -102,7 +105,8 @@ class MegaIntervention(ActivationIntervention):
                 if iv.key is None:
                     gate[r] = 1.0
                     continue
-                sim = torch.cosine_similarity(h[r].float(), iv.key.to(h.device).float().unsqueeze(0), dim=-1)
+                keys = iv.key.to(h.device).float().reshape(-1, h.shape[-1])
+                sim = torch.cosine_similarity(h[r].float().unsqueeze(1), keys.unsqueeze(0), dim=-1).amax(-1)
                 sim = torch.where(prompt_mask[r], sim, torch.full_like(sim, -1.0))
                 hit = sim >= iv.gate_threshold
                 gate[r] = float(hit.any())
@@ -213,12 +217,15 @@ class MEGA(Method):
 
     @torch.no_grad()
     def _key(self, request: EditRequest) -> torch.Tensor:
+        """Gate keys ``[len(TRAIN_PREFIXES), d]``: the subject's last-token state under each prefix."""
         ad = self.lm.adapter
-        pos = subject_last_token(self.lm.tokenizer, request.prompt, request.subject)
-        batch = _prompt_batch(self.lm, [request.prompt])
+        prompts = [pre + request.prompt for pre in TRAIN_PREFIXES]
+        pos = [subject_last_token(self.lm.tokenizer, q, request.subject) for q in prompts]
+        batch = _prompt_batch(self.lm, prompts)
         with capture({"k": ad.layers[self.gate_layer]}) as cap:
             ad.base(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-        return cap.last("k")[0, pos].float().clone()
+        h = cap.last("k")
+        return torch.stack([h[i, j] for i, j in enumerate(pos)]).float().clone()  # right-padded rows
 
     def _contrast(self, request: EditRequest) -> torch.Tensor:
         ctx = CONTEXT_TEMPLATE.format(prompt=request.prompt, new=request.target_new)
