@@ -58,6 +58,47 @@ def _cmd_attribute(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .runner import RunDir
+    from .sweep import SweepConfig, run_sweep
+    from .tradeoff import format_analysis
+
+    cfg = SweepConfig.load(a.config)
+    if a.out:
+        cfg.out = a.out
+    if a.limit is not None:
+        cfg.limit = a.limit
+    summary = run_sweep(cfg, progress=not a.quiet)
+    points = RunDir(Path(cfg.out)).read_records(Path(cfg.out) / "points.jsonl")
+    print(format_analysis(summary, points))
+    print(f"results: {cfg.out}/points.jsonl, per-item records: {cfg.out}/items.jsonl, figure: {cfg.out}/tradeoff.png")
+    return 0
+
+
+def _cmd_curves(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .errors import DataError
+    from .runner import RunDir
+    from .tradeoff import plot_panels
+
+    panels = []
+    for d in a.sweeps:
+        path = Path(d)
+        if not (path / "summary.json").is_file():
+            raise DataError(f"{path} is not a finished sweep directory (no summary.json)")
+        summary = json.loads((path / "summary.json").read_text())
+        points = RunDir(path).read_records(path / "points.jsonl")
+        panels.append((f"{summary['config']['model']} / {summary['config']['benchmark']}", points,
+                       summary["config"]["track"]))
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    for p in plot_panels(panels, Path(a.out), split=a.split, baseline=a.baseline):
+        print(p)
+    return 0
+
+
 def _cmd_list(kind: str) -> int:
     for name, desc in registry.describe(kind).items():
         print(f"{name:16s} {desc}")
@@ -111,6 +152,22 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--quiet", action="store_true")
     at.set_defaults(func=_cmd_attribute)
 
+    sw = sub.add_parser("sweep", help="attribute-utility sweep of methods x strengths (x grids) from a YAML config")
+    sw.add_argument("config")
+    sw.add_argument("--out", default=None, help="override the config's output directory")
+    sw.add_argument("--limit", type=int, default=None, help="override the config's held-out items per split")
+    sw.add_argument("--quiet", action="store_true")
+    sw.set_defaults(func=_cmd_sweep)
+
+    cv = sub.add_parser("curves", help="trade-off figure with one panel per sweep directory (e.g. per model)")
+    cv.add_argument("sweeps", nargs="+")
+    cv.add_argument("--out", required=True, help="figure path without extension (PNG and SVG are written)")
+    cv.add_argument("--split", default="test", choices=["val", "test"])
+    cv.add_argument("--baseline", default="steering")
+    cv.set_defaults(func=_cmd_curves)
+
+    from . import compare, report; report.add_subcommand(sub); compare.add_subcommand(sub)  # noqa: E702
+    from .conformance import add_subcommands as plugin_kit; plugin_kit(sub)  # noqa: E702 - check-method, new-method
     sub.add_parser("methods", help="list registered methods").set_defaults(func=lambda a: _cmd_list("method"))
     sub.add_parser("benchmarks", help="list registered benchmarks").set_defaults(func=lambda a: _cmd_list("benchmark"))
     sub.add_parser("models", help="list embedded and test models").set_defaults(func=_cmd_models)

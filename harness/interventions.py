@@ -20,7 +20,7 @@ import torch
 
 from .hooks import add_to_output
 from .models import LoadedModel
-from .scoring import Batch
+from .scoring import Batch, BatchContext
 from .weights import ColumnDelta, WeightEditTransaction
 
 # attn / mlp: the block output added to the residual stream; attn_proj / mlp_proj: the output of
@@ -42,6 +42,12 @@ class Intervention(ABC):
     def apply_rows(cls, lm: LoadedModel, rows: Sequence[tuple["Intervention", float]], batch: Batch) -> ContextManager:
         """Apply ``rows[i]`` (intervention, strength) to row ``i`` of ``batch`` only."""
         raise NotImplementedError(f"{cls.__name__} is not row-batchable")
+
+    def uniform(self, lm: LoadedModel, strength: float = 1.0) -> tuple[ContextManager, BatchContext | None]:
+        """(outer context, per-batch context) that apply this intervention to *every* row of every
+        batch: how behaviour and utility benchmarks score an edited model. Interventions that need
+        the batch (position- or gate-dependent ones) override this with a per-batch context."""
+        return self.apply(lm, strength), None
 
     def extra_numel(self) -> int:
         """Number of values this intervention stores (its memory cost beyond the model)."""

@@ -130,11 +130,13 @@ class RunDir:
         tmp.write_text(json.dumps(resolved, indent=2, sort_keys=True))
         os.replace(tmp, self.config_path)
 
-    def read_records(self) -> list[dict]:
-        """Records already written; a torn (partially written) last line is cut off the file."""
-        if not self.cases_path.exists():
+    def read_records(self, path: Path | None = None) -> list[dict]:
+        """Records already written (default: cases.jsonl); a torn (partially written) last line is
+        cut off the file."""
+        path = path or self.cases_path
+        if not path.exists():
             return []
-        raw = self.cases_path.read_bytes()
+        raw = path.read_bytes()
         records, good_end, pos = [], 0, 0
         for line in raw.splitlines(keepends=True):
             pos += len(line)
@@ -143,17 +145,17 @@ class RunDir:
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError:
-                raise EditbenchError(f"{self.cases_path}: unreadable line {len(records) + 1}; fix or move the file") from None
+                raise EditbenchError(f"{path}: unreadable line {len(records) + 1}; fix or move the file") from None
             good_end = pos
         if good_end < len(raw):
-            with open(self.cases_path, "r+b") as f:
+            with open(path, "r+b") as f:
                 f.truncate(good_end)
         return records
 
-    def append(self, records: list[dict]) -> None:
+    def append(self, records: list[dict], path: Path | None = None) -> None:
         if not records:
             return
-        with open(self.cases_path, "a", encoding="utf-8") as f:
+        with open(path or self.cases_path, "a", encoding="utf-8") as f:
             f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
             f.flush()
             os.fsync(f.fileno())

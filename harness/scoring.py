@@ -184,8 +184,9 @@ def score_targets(lm: LoadedModel, requests: Sequence[ScoreRequest], batch_size:
 @torch.no_grad()
 def generate(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int = 32, do_sample: bool = False,
              seed: int = 0, batch_size: int = 16, batch_context: BatchContext | None = None,
-             **gen_kwargs) -> list[str]:
-    """Batched (left-padded) generation; returns only the new text per prompt.
+             lengths_out: list[int] | None = None, **gen_kwargs) -> list[str]:
+    """Batched (left-padded) generation; returns only the new text per prompt (and, into
+    ``lengths_out``, the number of generated tokens per prompt, EOS excluded).
 
     Greedy decoding is independent of batching. Sampling is reproducible for a fixed seed *and*
     batch size (the RNG is re-seeded per batch).
@@ -195,6 +196,7 @@ def generate(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int = 32, 
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     out: list[str | None] = [None] * len(prompts)
+    n_new: list[int] = [0] * len(prompts)
     for bno, start in enumerate(range(0, len(order), batch_size)):
         idx = order[start:start + batch_size]
         T = max(len(encoded[i]) for i in idx)
@@ -215,5 +217,21 @@ def generate(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int = 32, 
             new = gen[b, T:].tolist()
             if tok.eos_token_id is not None and tok.eos_token_id in new:
                 new = new[: new.index(tok.eos_token_id)]
+            n_new[i] = len(new)
             out[i] = tok.decode(new, skip_special_tokens=True)
+    if lengths_out is not None:
+        lengths_out[:] = n_new
     return out  # type: ignore[return-value]
+
+
+def score_choices(lm: LoadedModel, prompts: Sequence[str], choices: Sequence[Sequence[str]], batch_size: int = 32,
+                  batch_context: BatchContext | None = None) -> list[list[tuple[float, int]]]:
+    """Multiple choice by log-likelihood: for each prompt, ``(sum log p, n tokens)`` of every
+    choice (tokenised as ``" " + choice``), all choices of all prompts scored in shared batches."""
+    reqs = [ScoreRequest(p, c) for p, cs in zip(prompts, choices) for c in cs]
+    flat = score_targets(lm, reqs, batch_size=batch_size, batch_context=batch_context)
+    out, k = [], 0
+    for cs in choices:
+        out.append([(-sum(s.token_nll), len(s.token_nll)) for s in flat[k:k + len(cs)]])
+        k += len(cs)
+    return out

@@ -28,7 +28,7 @@ edits, changing no weights.
 from __future__ import annotations
 
 import json
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -82,6 +82,9 @@ class MegaIntervention(ActivationIntervention):
     @classmethod
     def apply_rows(cls, lm, rows, batch: Batch):
         return cls._install_gated(lm, rows, batch)
+
+    def uniform(self, lm, strength: float = 1.0):
+        return nullcontext(), lambda b: self.apply_rows(lm, [(self, strength)] * b.input_ids.shape[0], b)
 
     @staticmethod
     @contextmanager

@@ -1,0 +1,114 @@
+"""Attribute benchmarks: a behaviour to buy (refusal, truthfulness, short reasoning, ...).
+
+Each benchmark owns three disjoint, seeded splits of its item pool:
+* ``probe`` - examples a method may fit on (positive = wanted behaviour, negative = unwanted);
+* ``val``   - held-out items for choosing operating points;
+* ``test``  - held-out items the chosen points are reported on.
+Evaluation scores an intervention (applied to every row, see ``Intervention.uniform``) on held-out
+items and returns one record per item whose ``value`` is that item's contribution to the attribute
+metric (a rate in [0, 1] or a count), so aggregates and bootstrap CIs come from per-item records.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Sequence
+
+import numpy as np
+
+from harness.directions import ProbeSet
+from harness.errors import ConfigError, DataError
+
+from .base import Benchmark
+
+EVAL_SPLITS = ("val", "test")
+
+
+def split_indices(n: int, fractions: Mapping[str, float], seed: int) -> dict[str, list[int]]:
+    """Disjoint index lists covering ``range(n)`` in the given proportions (seeded permutation)."""
+    if abs(sum(fractions.values()) - 1.0) > 1e-9 or any(f <= 0 for f in fractions.values()):
+        raise ConfigError(f"split fractions must be positive and sum to 1, got {dict(fractions)}")
+    perm = np.random.default_rng(seed).permutation(n).tolist()
+    out, start, names = {}, 0, list(fractions)
+    for k, name in enumerate(names):
+        stop = n if k == len(names) - 1 else start + int(round(fractions[name] * n))
+        out[name] = sorted(perm[start:stop])
+        start = stop
+    return out
+
+
+def format_instruction(tokenizer, instruction: str) -> str:
+    """Prompt text for an instruction: the tokenizer's chat template when it has one (instruct
+    models), else a plain Alpaca-style frame (base models)."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": instruction}], tokenize=False,
+                                             add_generation_prompt=True)
+        # the template may write the BOS token itself; encode_prompt adds special tokens again
+        bos = tokenizer.bos_token
+        if bos and text.startswith(bos) and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]:
+            text = text[len(bos):]
+        return text
+    return f"### Instruction:\n{instruction}\n\n### Response:\n"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}: line {i} is not valid JSON ({e.msg})") from None
+    return out
+
+
+class AttributeBenchmark(Benchmark):
+    """Base class; subclasses define the pool, the probe set and per-item scoring."""
+
+    splits: ClassVar[tuple[str, ...]] = EVAL_SPLITS
+    default_split: ClassVar[str] = "test"
+    #: name of the attribute metric and whether larger values are the wanted behaviour
+    attribute: ClassVar[str] = ""
+    higher_is_better: ClassVar[bool] = True
+    #: percentage scale for rates (x100), 1 for counts such as token lengths
+    scale: ClassVar[float] = 100.0
+    fractions: ClassVar[Mapping[str, float]] = {"probe": 0.4, "val": 0.2, "test": 0.4}
+    #: further per-item numeric fields aggregated alongside the attribute (e.g. MC1, accuracy)
+    extra_metrics: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, data_root: str | Path | None = None, split: str | None = None, seed: int = 0,
+                 options: Mapping[str, Any] | None = None):
+        super().__init__(data_root, split)
+        self.seed = seed
+        self.options = dict(options or {})
+
+    # -- data ----------------------------------------------------------------------------------
+    def pool(self) -> list[dict]:
+        """Every item of the benchmark, in a fixed order (validated)."""
+        raise NotImplementedError
+
+    def partition(self) -> dict[str, list[int]]:
+        return split_indices(len(self.pool()), self.fractions, self.seed)
+
+    def items(self, split: str, limit: int | None = None) -> list[dict]:
+        if split not in ("probe", *EVAL_SPLITS):
+            raise ConfigError(f"benchmark '{self.name}' has no split '{split}' (probe, val, test)")
+        pool = self.pool()
+        idx = self.partition()[split]
+        return [dict(pool[i], item_id=i) for i in (idx if limit is None else idx[:limit])]
+
+    def load(self, limit: int | None = None) -> Sequence:
+        return self.items(self.split, limit)
+
+    # -- fitting and scoring -------------------------------------------------------------------
+    def probe_set(self, lm, limit: int | None = None) -> ProbeSet:
+        raise NotImplementedError
+
+    def evaluate(self, lm, context, items: Sequence[dict], batch_size: int = 16) -> list[dict]:
+        """Per-item records ``{"item_id", "value", ...}`` under ``context`` = (outer, batch_context)."""
+        raise NotImplementedError
+
+    def make_evaluator(self, lm, method, **options):
+        raise ConfigError(f"benchmark '{self.name}' is an attribute benchmark: run it with `editbench sweep CONFIG.yaml`")

@@ -1,0 +1,203 @@
+"""Utility suite: what an edit costs in general capability.
+
+Tasks (data under ``utility/`` of the data bundle), each split 50/50 into seeded val/test halves:
+* multiple choice by log-likelihood (``acc``: highest summed log-probability; ``acc_norm``:
+  highest log-probability per character of the choice, as lm-evaluation-harness): ``csqa``
+  (CommonsenseQA dev), ``arc_easy``, ``arc_challenge``, ``piqa``;
+* ``wikitext``: perplexity over non-overlapping ``window``-token windows of wikitext-2 test
+  (``"\\n\\n".join(rows)``), windows alternating between val and test;
+* ``fluency``: n-gram entropy of greedy responses to held-out Alpaca instructions.
+The ``utility`` score is the mean of the chosen MC tasks' accuracies (``metric``: acc or acc_norm),
+with a bootstrap CI that resamples items within each task.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from . import metrics as M
+from .data import data_file, sha256_file
+from .errors import ConfigError, DataError
+from .scoring import generate, score_choices
+
+MC_TASKS = {
+    "csqa": "utility/csqa_dev_rand_split.jsonl",
+    "arc_easy": "utility/arc_easy_test.jsonl",
+    "arc_challenge": "utility/arc_challenge_test.jsonl",
+    "piqa": "utility/piqa_validation.jsonl",
+}
+WIKITEXT = "utility/wikitext-2-raw/wikitext2_raw_test_rows.json"
+ALPACA = "safety/alpaca_2k.json"
+FLUENCY_OFFSET = 1000  # Alpaca rows from here on: never used by the safety probe (which takes the first ones)
+
+
+@dataclass
+class UtilityConfig:
+    tasks: list[str] = field(default_factory=lambda: ["arc_easy", "arc_challenge", "csqa"])
+    limit: int | None = 50  # items per MC task and split
+    metric: str = "acc"
+    wikitext_windows: int = 8  # per split; 0 switches perplexity off
+    window: int = 256
+    fluency: int = 0  # Alpaca prompts per split; 0 switches fluency off
+    max_new_tokens: int = 48
+    seed: int = 0
+
+    def __post_init__(self):
+        bad = [t for t in self.tasks if t not in MC_TASKS]
+        if bad:
+            raise ConfigError(f"unknown utility task '{bad[0]}' (tasks: {', '.join(MC_TASKS)})")
+        if self.metric not in ("acc", "acc_norm"):
+            raise ConfigError(f"utility metric must be 'acc' or 'acc_norm', got {self.metric!r}")
+        if (self.limit is not None and self.limit < 1) or self.wikitext_windows < 0 or self.fluency < 0 or self.window < 8:
+            raise ConfigError("utility: limit >= 1, wikitext_windows >= 0, fluency >= 0 and window >= 8 are required")
+
+
+def _mc_rows(task: str, path) -> list[dict]:
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+                if task == "csqa":
+                    labels, texts = r["choices"]["label"], r["choices"]["text"]
+                    out.append({"prompt": f"Question: {r['question'].strip()}\nAnswer:", "choices": list(texts),
+                                "gold": labels.index(r["answerKey"])})
+                else:
+                    query = r["query"].rstrip("\n")
+                    out.append({"prompt": f"{query}\nAnswer:", "choices": list(r["choices"]), "gold": int(r["gold"])})
+                assert 0 <= out[-1]["gold"] < len(out[-1]["choices"]) and all(c.strip() for c in out[-1]["choices"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError, AssertionError):
+                raise DataError(f"{path}: line {i} is not a valid {task} record") from None
+    return out
+
+
+def _halves(n: int, seed: int) -> dict[str, list[int]]:
+    perm = np.random.default_rng(seed).permutation(n).tolist()
+    return {"val": sorted(perm[: n // 2]), "test": sorted(perm[n // 2:])}
+
+
+class UtilitySuite:
+    def __init__(self, config: UtilityConfig, data_root=None):
+        self.cfg = config
+        self.data_root = data_root
+        self._cache: dict = {}
+
+    def data_files(self) -> dict[str, str]:
+        rels = [MC_TASKS[t] for t in self.cfg.tasks]
+        rels += [WIKITEXT] if self.cfg.wikitext_windows else []
+        rels += [ALPACA] if self.cfg.fluency else []
+        return {str(data_file(r, self.data_root)): sha256_file(data_file(r, self.data_root)) for r in rels}
+
+    def items(self, task: str, split: str) -> list[dict]:
+        key = (task, split)
+        if key not in self._cache:
+            rows = _mc_rows(task, data_file(MC_TASKS[task], self.data_root))
+            idx = _halves(len(rows), self.cfg.seed)[split][: self.cfg.limit]
+            self._cache[key] = [dict(rows[i], item_id=i) for i in idx]
+        return self._cache[key]
+
+    def _windows(self, lm, split: str) -> list[list[int]]:
+        key = ("wikitext", split, self.cfg.window)
+        if key not in self._cache:
+            path = data_file(WIKITEXT, self.data_root)
+            try:
+                rows = json.loads(path.read_text(encoding="utf-8"))
+                text = "\n\n".join(rows)
+            except (json.JSONDecodeError, TypeError):
+                raise DataError(f"{path}: expected a JSON array of strings") from None
+            ids = lm.tokenizer(text[: 400 * self.cfg.window * self.cfg.wikitext_windows], add_special_tokens=False)["input_ids"]
+            W = self.cfg.window
+            wins = [ids[i:i + W] for i in range(0, len(ids) - W + 1, W)]
+            self._cache[key] = wins[(0 if split == "val" else 1)::2][: self.cfg.wikitext_windows]
+        return self._cache[key]
+
+    def evaluate(self, lm, context, split: str, batch_size: int = 16) -> list[dict]:
+        """Per-item records ``{"task", "item_id", metric fields}`` under ``context`` = (outer, batch_context)."""
+        outer, bctx = context
+        recs: list[dict] = []
+        with outer:
+            for task in self.cfg.tasks:
+                items = self.items(task, split)
+                scores = score_choices(lm, [it["prompt"] for it in items], [it["choices"] for it in items],
+                                       batch_size=batch_size, batch_context=bctx)
+                for it, sc in zip(items, scores):
+                    raw = [lp for lp, _ in sc]
+                    norm = [lp / len(c) for (lp, _), c in zip(sc, it["choices"])]
+                    recs.append({"task": task, "item_id": it["item_id"],
+                                 "acc": float(int(np.argmax(raw)) == it["gold"]),
+                                 "acc_norm": float(int(np.argmax(norm)) == it["gold"])})
+            if self.cfg.wikitext_windows:
+                recs += self._perplexity(lm, bctx, split, batch_size)
+            if self.cfg.fluency:
+                recs += self._fluency(lm, bctx, split, batch_size)
+        return recs
+
+    @torch.no_grad()
+    def _perplexity(self, lm, bctx, split: str, batch_size: int) -> list[dict]:
+        from .scoring import Batch
+
+        wins = self._windows(lm, split)
+        out = []
+        for s in range(0, len(wins), batch_size):
+            chunk = wins[s:s + batch_size]
+            ids = torch.tensor(chunk, device=lm.device)
+            mask = torch.ones_like(ids)
+            batch = Batch(indices=list(range(len(chunk))), input_ids=ids, attention_mask=mask,
+                          prompt_lengths=torch.full((len(chunk),), ids.shape[1], device=lm.device))
+            with bctx(batch) if bctx else nullcontext():
+                hidden = lm.adapter.base(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+            logp = torch.log_softmax(lm.adapter.logits(hidden[:, :-1]).float(), -1)
+            nll = -logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1).mean(1)
+            out += [{"task": "wikitext", "item_id": f"w{split}{s + k}", "nll": float(v)} for k, v in enumerate(nll.tolist())]
+        return out
+
+    def _fluency(self, lm, bctx, split: str, batch_size: int) -> list[dict]:
+        path = data_file(ALPACA, self.data_root)
+        rows = [r["instruction"] for r in json.loads(path.read_text(encoding="utf-8"))[FLUENCY_OFFSET:]]
+        idx = _halves(len(rows), self.cfg.seed)[split][: self.cfg.fluency]
+        from benchmarks.attribute import format_instruction
+
+        prompts = [format_instruction(lm.tokenizer, rows[i]) for i in idx]
+        texts = generate(lm, prompts, max_new_tokens=self.cfg.max_new_tokens, batch_size=batch_size, batch_context=bctx)
+        return [{"task": "fluency", "item_id": i, "entropy": M.ngram_entropy(t), "response": t} for i, t in zip(idx, texts)]
+
+    def summarize(self, recs: Sequence[dict]) -> dict:
+        """``utility`` (mean task accuracy, x100, bootstrap CI within tasks) plus per-task aggregates."""
+        out: dict = {}
+        per_task = {t: np.array([r[self.cfg.metric] for r in recs if r["task"] == t]) for t in self.cfg.tasks}
+        for t in self.cfg.tasks:
+            for m in ("acc", "acc_norm"):
+                out[f"{t}_{m}"] = M.aggregate([r[m] for r in recs if r["task"] == t])
+        out["utility"] = mean_of_tasks(list(per_task.values()))
+        nll = [r["nll"] for r in recs if r["task"] == "wikitext"]
+        if nll:
+            agg = M.aggregate(nll, scale=1.0)
+            out["wikitext_ppl"] = {**{k: agg[k] for k in ("n",)}, "mean": math.exp(agg["mean"]),
+                                   "ci95": [math.exp(v) for v in agg["ci95"]], "std": None,
+                                   "note": "exp(mean window NLL); CI from the NLL bootstrap"}
+        ent = [r["entropy"] for r in recs if r["task"] == "fluency"]
+        if ent:
+            out["fluency"] = M.aggregate(ent, scale=1.0)
+        return out
+
+
+def mean_of_tasks(tasks: Sequence[np.ndarray], scale: float = 100.0) -> dict:
+    """Mean over tasks of each task's mean; bootstrap resamples items within every task."""
+    tasks = [np.asarray(t, dtype=float) for t in tasks if len(t)]
+    if not tasks:
+        return {"mean": None, "std": None, "n": 0, "ci95": [None, None]}
+    rng = np.random.default_rng(M.BOOTSTRAP_SEED)
+    boots = np.mean([t[rng.integers(0, len(t), (M.BOOTSTRAP_RESAMPLES, len(t)))].mean(1) for t in tasks], axis=0)
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    mean = float(np.mean([t.mean() for t in tasks]))
+    return {"mean": mean * scale, "std": float(boots.std() * scale), "n": int(sum(len(t) for t in tasks)),
+            "ci95": [float(lo) * scale, float(hi) * scale], "note": "std is the bootstrap standard error"}
