@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,9 +233,15 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> dict:
     keys = ("model", "benchmark", "benchmark_options", "limit", "probe_limit", "utility", "utility_edits", "seed", "dtype")
     out.check_or_write_config(resolved, keys=keys)
     items_path, points_path = out.path / "items.jsonl", out.path / "points.jsonl"
-    out.read_records(items_path)  # cuts a torn last line
     done = {(r["key"], r["split"]) for r in out.read_records(points_path)}
+    items = out.read_records(items_path)  # also cuts a torn last line
+    kept = [r for r in items if (r["key"], r["split"]) in done]
+    if len(kept) < len(items):  # items of a point interrupted before its summary line: recomputed below
+        tmp = items_path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept), encoding="utf-8")
+        os.replace(tmp, items_path)
 
+    code = {k: v for k, v in versions().items() if k == "editbench" or k.startswith("git_")}  # per point: resumes may span commits
     todo = [("unedited", {}, 0.0, None)] + [(s.name, p, st, m) for s, p, m in planned for st in s.strengths]
     bar = tqdm(total=2 * len(todo), unit="point", disable=not progress, desc=f"sweep {cfg.benchmark}")
     fitted_cache: dict[str, Any] = {}
@@ -257,7 +264,7 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> dict:
                 u_recs += [dict(r, edit=tag) for r in suite.evaluate(lm, ctx, split, batch_size=cfg.batch_size)]
             point = {"key": key, "method": name, "params": params, "strength": strength, "split": split,
                      **a_agg, **suite.summarize(u_recs),
-                     "seconds": {"fit": round(fit_s, 3), "eval": round(time.perf_counter() - t1, 3)}}
+                     "seconds": {"fit": round(fit_s, 3), "eval": round(time.perf_counter() - t1, 3)}, "code": code}
             out.append([{"key": key, "split": split, "kind": "attribute", **r} for r in a_recs] +
                        [{"key": key, "split": split, "kind": "utility", **r} for r in u_recs], items_path)
             out.append([point], points_path)  # written last: a point counts as done only with its items

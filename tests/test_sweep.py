@@ -199,6 +199,18 @@ def test_sweep_end_to_end_resume_and_figures(tmp_path, capsys):
     assert main(["sweep", str(cfg), "--quiet"]) == 0
     assert len((out / "points.jsonl").read_text().splitlines()) == len(points)
     assert len((out / "items.jsonl").read_text().splitlines()) == len(items)
+    # a crash between a point's items and its summary line: the orphan items are dropped and redone
+    last = json.loads((out / "points.jsonl").read_text().splitlines()[-1])
+    (out / "points.jsonl").write_text("".join(l + "\n" for l in (out / "points.jsonl").read_text().splitlines()[:-1]))
+    with open(out / "items.jsonl", "a") as f:
+        f.write('{"key": "torn"')
+    assert main(["sweep", str(cfg), "--quiet"]) == 0
+    redone = [json.loads(l) for l in (out / "items.jsonl").read_text().splitlines()]
+    assert len(redone) == len(items)
+    assert sum(r["key"] == last["key"] and r["split"] == last["split"] for r in redone) == \
+        sum(r["key"] == last["key"] and r["split"] == last["split"] for r in items)
+    assert all("code" in p and p["code"]["git_commit"] for p in
+               (json.loads(l) for l in (out / "points.jsonl").read_text().splitlines()))
     # a different protocol in the same directory is refused
     cfg2 = _sweep_yaml(tmp_path, "truthfulqa", [{"name": "steering"}], limit=5)
     assert main(["sweep", str(cfg2), "--quiet"]) == 2
