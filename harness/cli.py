@@ -90,7 +90,7 @@ def _cmd_curves(a: argparse.Namespace) -> int:
         if not (path / "summary.json").is_file():
             raise DataError(f"{path} is not a finished sweep directory (no summary.json)")
         summary = json.loads((path / "summary.json").read_text())
-        points = RunDir(path).read_records(path / "points.jsonl")
+        points = RunDir(path).read_records(path / "points.jsonl", truncate=False)
         panels.append((f"{summary['config']['model']} / {summary['config']['benchmark']}", points,
                        summary["config"]["track"]))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     cv.set_defaults(func=_cmd_curves)
 
     from . import compare, report; report.add_subcommand(sub); compare.add_subcommand(sub)  # noqa: E702
-    from .conformance import add_subcommands as plugin_kit; plugin_kit(sub)  # noqa: E702 - check-method, new-method
+    from .scaffold import add_subcommands as plugin_kit; plugin_kit(sub)  # noqa: E702 - check-method, new-method
     sub.add_parser("methods", help="list registered methods").set_defaults(func=lambda a: _cmd_list("method"))
     sub.add_parser("benchmarks", help="list registered benchmarks").set_defaults(func=lambda a: _cmd_list("benchmark"))
     sub.add_parser("models", help="list embedded and test models").set_defaults(func=_cmd_models)

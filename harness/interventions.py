@@ -127,6 +127,11 @@ class ActivationIntervention(Intervention):
     def apply_rows(cls, lm, rows, batch) -> ContextManager:
         return cls._install(lm, rows, batch)
 
+    def uniform(self, lm: LoadedModel, strength: float = 1.0) -> tuple[ContextManager, BatchContext | None]:
+        if all(v.positions == "all" for v in self.vectors):
+            return self.apply(lm, strength), None
+        return nullcontext(), lambda b: self.apply_rows(lm, [(self, strength)] * len(b.indices), b)
+
     @staticmethod
     @contextmanager
     def _install(lm: LoadedModel, rows, batch: Batch | None) -> Iterator[None]:

@@ -130,9 +130,10 @@ class RunDir:
         tmp.write_text(json.dumps(resolved, indent=2, sort_keys=True))
         os.replace(tmp, self.config_path)
 
-    def read_records(self, path: Path | None = None) -> list[dict]:
-        """Records already written (default: cases.jsonl); a torn (partially written) last line is
-        cut off the file."""
+    def read_records(self, path: Path | None = None, truncate: bool = True) -> list[dict]:
+        """Records already written (default: cases.jsonl). A torn (partially written) last line is
+        skipped, and cut off the file when ``truncate`` (only the writer may do that: a reader must
+        not cut a line another process is still appending)."""
         path = path or self.cases_path
         if not path.exists():
             return []
@@ -147,7 +148,7 @@ class RunDir:
             except json.JSONDecodeError:
                 raise EditbenchError(f"{path}: unreadable line {len(records) + 1}; fix or move the file") from None
             good_end = pos
-        if good_end < len(raw):
+        if truncate and good_end < len(raw):
             with open(path, "r+b") as f:
                 f.truncate(good_end)
         return records

@@ -1,0 +1,399 @@
+"""Leaderboard reports (`editbench report`) and regression checks (`editbench compare`).
+
+Most tests use hand-made run directories (config.json, summary.json, cases.jsonl in the runner's
+format) so every number is known; one test runs the harness on a tiny model end to end, and one
+renders index.html in headless Debian chromium.
+"""
+
+import json
+import os
+import re
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+from harness.compare import classify, compare_runs
+from harness.report import MISSING, write_report
+
+CHROMIUM = "/usr/bin/chromium"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def agg(mean, half=5.0, n=20):
+    return {"mean": mean, "std": 10.0, "n": n, "ci95": [mean - half, mean + half]}
+
+
+CF = {"score": 50.0, "efficacy": 60.0, "generalization": 55.0, "specificity": 40.0, "efficacy_magnitude": 3.0}
+
+
+def make_run(root, name, method="steer2edit", params=None, points=None, pre=None, split="edit", weights="a" * 64,
+             data_sha="b" * 64, n=20, benchmark="counterfact", half=5.0, commit="abc1234def", dirty=True,
+             seed=0, cases=True):
+    """A run directory as `editbench run` writes it (only the fields the report/compare read)."""
+    d = Path(root) / name
+    d.mkdir(parents=True)
+    points = points if points is not None else {1.0: CF}
+    pre = pre if pre is not None else {"score": 40.0, "efficacy": 30.0, "generalization": 30.0, "specificity": 70.0,
+                                       "efficacy_magnitude": -2.0}
+    params = params if params is not None else {}
+    config = {"model": "smollm2-135m", "benchmark": benchmark, "split": split, "method": method,
+              "method_params": params, "strengths": sorted(points), "limit": n, "seed": seed, "dtype": "float32",
+              "generation": False, "max_new_tokens": 64}
+    summary = {
+        "config": config, "n_cases": n,
+        "versions": {"editbench": "0.1.0", "git_commit": commit, "git_dirty": dirty, "torch": "x"},
+        "model": {"model_id": "smollm2-135m", "weights_sha256": weights, "dtype": "float32"},
+        "data": {"benchmark": benchmark, "split": split, "files": {f"/data/{benchmark}-{split}.json": data_sha}},
+        "pre": {m: agg(v, half, n) for m, v in pre.items()},
+        "points": {repr(float(s)): {"post": {m: agg(v, half, n) for m, v in ms.items()},
+                                    "seconds_per_case": {"fit": 0.1, "eval": 0.2, "pre_eval": 0.1}}
+                   for s, ms in points.items()},
+    }
+    (d / "config.json").write_text(json.dumps(config))
+    (d / "summary.json").write_text(json.dumps(summary))
+    if cases:
+        lines = []
+        for s in points:
+            for i in range(n):
+                lines.append({"case_id": i, "strength": float(s),
+                              "request": {"case_id": i, "prompt": f"The mother tongue of P{i} is", "subject": f"P{i}",
+                                          "target_new": "English", "target_true": "French"},
+                              "prompts": {"paraphrase": [f"P{i} speaks"], "neighborhood": [f"Q{i} speaks"]},
+                              "pre": {"efficacy": 0.0, "efficacy_magnitude": -0.1},
+                              "post": {"efficacy": float(i % 2), "efficacy_magnitude": (i - 5) / 100}})
+        (d / "cases.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return d
+
+
+def cli(args, capsys):
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def md_rows(md: str, title_part: str) -> list[str]:
+    """Table lines of the headline table under the section whose title contains title_part."""
+    sec = md.split(f"## ")
+    body = next(s for s in sec if s.splitlines()[0].find(title_part) >= 0)
+    return [line for line in body.split("\n\n")[2].splitlines()[2:]]
+
+
+# ---------------------------------------------------------------------------------------------
+# report: bookkeeping
+# ---------------------------------------------------------------------------------------------
+def test_report_tables(tmp_path, capsys):
+    make_run(tmp_path / "runs", "s2e", points={0.5: CF, 1.0: {**CF, "efficacy": 70.0}},
+             params={"rho_attn": 0.3})
+    make_run(tmp_path / "runs", "base", method="unedited", points={1.0: {"score": 40.0, "efficacy": 30.0,
+                                                                        "generalization": 30.0, "specificity": 70.0,
+                                                                        "efficacy_magnitude": -2.0}},
+             commit="1234567abc", dirty=False)
+    code, out, err = cli(["report", tmp_path / "runs", "--out", tmp_path / "rep"], capsys)
+    assert code == 0, err
+    assert "2 runs, 1 table(s)" in out
+    md = (tmp_path / "rep" / "leaderboard.md").read_text()
+    assert "## counterfact / edit — smollm2-135m" in md
+    rows = md_rows(md, "counterfact / edit")
+    # the unedited run is the reference row (its pre-edit numbers are not repeated), then 2 strengths
+    assert len(rows) == 3
+    assert rows[0].startswith("| unedited | no edit | 40.0 [35.0, 45.0] | 30.0 [25.0, 35.0]")
+    assert "| 20 | 1234567 |" in rows[0]
+    assert "s=1; rho_attn=0.3" in rows[2] and "70.0 [65.0, 75.0]" in rows[2] and "abc1234+dirty" in rows[2]
+    # headline columns, then the other metrics in their own table
+    assert "| method | config | score | efficacy | generalization | specificity | n | code | run |" in md
+    assert "| method | config | efficacy_magnitude | n | code | run |" in md
+    board = json.loads((tmp_path / "rep" / "leaderboard.json").read_text())
+    (g,) = board["groups"]
+    assert g["headline"] == ["score", "efficacy", "generalization", "specificity"]
+    assert g["other_metrics"] == ["efficacy_magnitude"]
+    assert [r["kind"] for r in g["rows"]] == ["reference", "post", "post"]
+    assert g["rows"][2]["metrics"]["efficacy"] == {"mean": 70.0, "ci95": [65.0, 75.0], "std": 10.0, "n": 20}
+    # provenance of every row: run dir, data hash, weights hash, versions
+    prov = board["runs"][g["rows"][2]["run"]]
+    assert prov["run_dir"].endswith("s2e") and prov["model"]["weights_sha256"] == "a" * 64
+    assert list(prov["data_files"].values()) == ["b" * 64] and prov["versions"]["git_commit"] == "abc1234def"
+    # drill-down: the lowest per-case efficacy_magnitude first, with prompts and targets
+    worst = board["worst_cases"][g["rows"][2]["run"]]
+    assert worst["metric"] == "efficacy_magnitude"
+    first = worst["points"]["1"][0]
+    assert first["case_id"] == 0 and first["request"]["target_new"] == "English"
+    assert first["values"]["efficacy_magnitude"] == {"pre": -0.1, "post": -0.05}
+    assert (tmp_path / "rep" / "index.html").stat().st_size > 1000
+    assert list((tmp_path / "rep" / "figures").glob("*.png"))
+
+
+def test_missing_metric_is_shown_as_missing(tmp_path, capsys):
+    make_run(tmp_path, "gen", points={1.0: {**CF, "fluency": 600.0}})
+    make_run(tmp_path, "nogen", method="steering", points={1.0: CF})
+    assert cli(["report", tmp_path / "gen", tmp_path / "nogen", "--out", tmp_path / "rep"], capsys)[0] == 0
+    md = (tmp_path / "rep" / "leaderboard.md").read_text()
+    rows = md_rows(md, "counterfact")
+    steering = next(r for r in rows if r.startswith("| steering |"))
+    cells = [c.strip() for c in steering.split("|")]
+    assert cells[7] == MISSING  # the fluency column
+    gen = next(r for r in rows if r.startswith("| steer2edit |"))
+    assert "600.0 [595.0, 605.0]" in gen
+    assert f"{MISSING} in column `fluency`: not reported by" in md and "(needs --generation)" in md
+    board = json.loads((tmp_path / "rep" / "leaderboard.json").read_text())
+    row = next(r for r in board["groups"][0]["rows"] if r["method"] == "steering")
+    assert row["metrics"]["fluency"] is None and row["metrics"]["efficacy"]["mean"] == 60.0
+
+
+def test_mixed_protocols_are_separate_tables(tmp_path, capsys):
+    make_run(tmp_path, "a", method="ft")
+    make_run(tmp_path, "b", method="ft", weights="c" * 64)  # other weights, same model name
+    make_run(tmp_path, "c", method="ft", data_sha="d" * 64)  # other data file content
+    make_run(tmp_path, "d", method="ft", split="rome500")
+    make_run(tmp_path, "e", method="ft")  # same protocol as a
+    code, out, _ = cli(["report", tmp_path, "--out", tmp_path / "rep"], capsys)
+    assert code == 0 and "5 runs, 4 table(s)" in out
+    board = json.loads((tmp_path / "rep" / "leaderboard.json").read_text())
+    titles = [g["title"] for g in board["groups"]]
+    assert sum("edit — smollm2-135m (protocol" in t for t in titles) == 3
+    assert "counterfact / rome500 — smollm2-135m" in titles
+    sizes = sorted(len(g["runs"]) for g in board["groups"])
+    assert sizes == [1, 1, 1, 2]
+    notes = " ".join(n for g in board["groups"] for n in g["notes"])
+    assert "model weights sha256 (aaaaaaaaaaaa vs cccccccccccc)" in notes
+    assert "data file sha256" in notes
+    md = (tmp_path / "rep" / "leaderboard.md").read_text()
+    assert md.count("## counterfact / edit") == 3 and "Not merged with protocol" in md
+
+
+def test_metric_columns_come_from_the_summaries(tmp_path, capsys):
+    """A benchmark the report has never heard of (attribute/utility metrics) gets its own columns
+    and a utility-attribute trade-off figure."""
+    pts = {0.5: {"attribute": 20.0, "utility": 90.0, "judge_refusal": 3.0},
+           1.0: {"attribute": 45.0, "utility": 80.0, "judge_refusal": 5.0}}
+    make_run(tmp_path, "attr", method="steering", benchmark="toy-attr", split="test", points=pts,
+             pre={"attribute": 5.0, "utility": 95.0}, cases=False)
+    assert cli(["report", tmp_path / "attr", "--out", tmp_path / "rep"], capsys)[0] == 0
+    board = json.loads((tmp_path / "rep" / "leaderboard.json").read_text())
+    (g,) = board["groups"]
+    assert g["metrics"] == ["attribute", "utility", "judge_refusal"]
+    assert g["headline"] == ["attribute", "utility"]
+    assert g["figures"] and (tmp_path / "rep" / g["figures"][0]).is_file()
+    assert board["worst_cases"][g["runs"][0]]["metric"] is None  # no cases.jsonl: no drill-down, no crash
+    md = (tmp_path / "rep" / "leaderboard.md").read_text()
+    assert "| unedited (pre-edit) | pre-edit of R1 | 5.0 [0.0, 10.0] | 95.0 [90.0, 100.0] |" in md
+    assert f"{MISSING} in column `judge_refusal`: not reported by R1 (pre-edit)" in md
+
+
+def test_report_discovery_and_bad_input(tmp_path, capsys):
+    make_run(tmp_path / "res" / "m1", "run1")
+    other = tmp_path / "res" / "attribution"
+    other.mkdir(parents=True)
+    (other / "summary.json").write_text(json.dumps({"config": {}, "findings": []}))
+    wip = tmp_path / "res" / "wip"
+    wip.mkdir()
+    (wip / "config.json").write_text("{}")
+    (wip / "cases.jsonl").write_text('{"case_id": 0}\n{"case_')  # being written: must not be touched
+    before = (wip / "cases.jsonl").read_bytes()
+    code, out, _ = cli(["report", tmp_path / "res", "--out", tmp_path / "rep"], capsys)
+    assert code == 0 and "1 runs" in out
+    assert "not a run summary" in out and "no summary.json yet" in out
+    assert (wip / "cases.jsonl").read_bytes() == before
+    broken = make_run(tmp_path / "broken", "run")
+    (broken / "summary.json").write_text('{"points": ')
+    for args, msg in [([tmp_path / "nope"], "does not exist"),
+                      ([broken], "summary.json is not valid JSON"),
+                      ([tmp_path / "res" / "attribution"], "not an editbench run summary"),
+                      ([tmp_path / "res" / "wip"], "no run summaries found")]:
+        code, _, err = cli(["report", *args, "--out", tmp_path / "rep2"], capsys)
+        assert code == 2 and msg in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------------
+# compare
+# ---------------------------------------------------------------------------------------------
+def test_classify_rule():
+    base = agg(60.0, half=5.0)
+    assert classify(base, agg(60.0), 0.5) == ("unchanged", 0.0)
+    assert classify(base, agg(59.8), 0.5)[0] == "within tolerance"
+    assert classify(base, agg(57.0), 0.5)[0] == "drop within CI"  # beyond tolerance, inside [55, 65]
+    assert classify(base, agg(54.0), 0.5)[0] == "regression"
+    assert classify(base, agg(54.0), 10.0)[0] == "within tolerance"  # outside the CI, but tolerated
+    assert classify(base, agg(66.0), 0.5)[0] == "improvement"
+    assert classify(base, agg(63.0), 0.5)[0] == "gain within CI"
+    assert classify(base, None, 0.5)[0] == "missing"
+    assert classify(None, agg(1.0), 0.5)[0] == "new metric"
+    # lower is better: a rise is the regression
+    assert classify(base, agg(66.0), 0.5, higher_is_better=False)[0] == "regression"
+    assert classify(base, agg(54.0), 0.5, higher_is_better=False)[0] == "improvement"
+    # no CI in the baseline: the tolerance alone decides
+    assert classify({"mean": 60.0, "ci95": [None, None]}, agg(59.0), 0.5)[0] == "regression"
+
+
+def test_compare_exit_codes(tmp_path, capsys):
+    base = make_run(tmp_path, "base", points={1.0: CF, 2.0: CF})
+    same = make_run(tmp_path, "same", points={1.0: CF, 2.0: {**CF, "efficacy": 60.3}})
+    better = make_run(tmp_path, "better", points={1.0: {**CF, "efficacy": 80.0}, 2.0: CF})
+    worse = make_run(tmp_path, "worse", points={1.0: CF, 2.0: {**CF, "specificity": 20.0}})
+    code, out, _ = cli(["compare", same, base], capsys)
+    assert code == 0 and "within tolerance" in out and "| s=2 | efficacy |" in out
+    code, out, _ = cli(["compare", better, base], capsys)
+    assert code == 0 and "improvement" in out and out.strip().splitlines()[-1].startswith("OK")
+    code, out, _ = cli(["compare", worse, base], capsys)
+    assert code == 1 and "| s=2 | specificity | 40.00 [35.00, 45.00] | 20.00 [15.00, 25.00] | -20.00 | 0.5 | " \
+                         "**regression** |" in out
+    assert out.strip().splitlines()[-1].startswith("REGRESSION")
+    # a per-metric tolerance large enough turns the drop into an accepted one
+    code, out, _ = cli(["compare", worse, base, "--tolerance", "specificity=25"], capsys)
+    assert code == 0 and "within tolerance" in out
+    # ... the default tolerance too
+    assert cli(["compare", worse, base, "--default-tolerance", "30"], capsys)[0] == 0
+    # the same drop for a lower-is-better metric is an improvement
+    assert cli(["compare", worse, base, "--lower-is-better", "specificity"], capsys)[0] == 0
+    # a metric that disappeared fails the check
+    gone = make_run(tmp_path, "gone", points={1.0: CF, 2.0: {k: v for k, v in CF.items() if k != "efficacy"}})
+    code, out, _ = cli(["compare", gone, base], capsys)
+    assert code == 1 and "**missing**" in out
+
+
+def test_compare_github_format(tmp_path, capsys):
+    base = make_run(tmp_path, "base", points={1.0: CF})
+    new = make_run(tmp_path, "new", points={1.0: {**CF, "specificity": 20.0, "efficacy": 57.0, "score": 70.0}},
+                   seed=1)
+    code, out, _ = cli(["compare", new, base, "--format", "github"], capsys)
+    assert code == 1
+    lines = out.splitlines()
+    err = [l for l in lines if l.startswith("::error ")]
+    assert err == [next(l for l in lines if "specificity at s=1" in l and l.startswith("::error"))]
+    assert err[0].startswith("::error title=editbench regression%3A specificity at s=1::specificity at s=1: "
+                             "40.00 [35.00, 45.00] -> 20.00 [15.00, 25.00] (delta -20.00")
+    assert any(l.startswith("::warning title=editbench drop within CI%3A efficacy at s=1::") for l in lines)
+    assert any(l.startswith("::notice title=editbench improvement%3A score at s=1::") for l in lines)
+    assert any(l.startswith("::warning title=editbench compare::different seed (1 vs 0)") for l in lines)
+
+
+def test_compare_bad_input(tmp_path, capsys):
+    base = make_run(tmp_path, "base")
+    cases = [
+        ([tmp_path / "nope", base], "NEW: run directory"),
+        ([base, tmp_path / "nope"], "BASELINE: run directory"),
+        ([make_run(tmp_path, "split", split="rome500"), base], "different benchmark split (rome500 vs edit)"),
+        ([make_run(tmp_path, "w", weights="e" * 64), base],
+         "different model weights sha256 (eeeeeeeeeeee vs aaaaaaaaaaaa)"),
+        ([make_run(tmp_path, "d", data_sha="f" * 64), base], "different data file sha256"),
+        ([make_run(tmp_path, "b", benchmark="other"), base], "different benchmark (other vs counterfact)"),
+        ([make_run(tmp_path, "m", method="ft"), base], "different method (ft vs steer2edit)"),
+        ([make_run(tmp_path, "s", points={3.0: CF}), base], "no common strength"),
+        ([base, base, "--tolerance", "nosuch=1"], "names metrics neither run reports: nosuch"),
+        ([base, base, "--tolerance", "efficacy"], "expects METRIC=VALUE"),
+        ([base, base, "--tolerance", "efficacy=-1"], "must be a finite number >= 0"),
+    ]
+    broken = make_run(tmp_path, "broken")
+    (broken / "summary.json").write_text("[]")
+    cases.append(([broken, base], "is not an editbench run summary"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases.append(([empty, base], "NEW: " + str(empty) + " has no summary.json"))
+    for args, msg in cases:
+        code, out, err = cli(["compare", *args], capsys)
+        assert code == 2, (args, out)
+        assert msg in err and err.count("\n") == 1 and err.startswith("editbench: error: "), err
+
+
+def test_compare_api_matches_strengths(tmp_path):
+    base = make_run(tmp_path, "base", points={0.5: CF, 1.0: CF})
+    new = make_run(tmp_path, "new", points={1.0: CF, 2.0: CF})
+    changes, warnings = compare_runs(new, base)
+    assert {c.point for c in changes} == {"pre", "s=1"}
+    assert all(c.status == "unchanged" for c in changes)
+    assert "strength 0.5 is in BASELINE only; not compared" in warnings
+    assert "strength 2 is in NEW only; not compared" in warnings
+
+
+def test_committed_ci_reference_is_comparable(capsys):
+    """results/ci (what scripts/ci_regression.sh compares against) loads and matches itself."""
+    for name in ("unedited", "steer2edit"):
+        ref = REPO / "results" / "ci" / name
+        code, out, err = cli(["compare", ref, ref], capsys)
+        assert code == 0, err
+        assert "no metric moved" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end on a tiny model
+# ---------------------------------------------------------------------------------------------
+def test_report_and_compare_on_real_runs(cf_root, tmp_path, capsys):
+    common = ["run", "--model", "tiny-llama", "--quiet", "--data-root", cf_root, "--limit", "4"]
+    assert cli([*common, "--out", tmp_path / "r" / "unedited"], capsys)[0] == 0
+    assert cli([*common, "--method", "steering", "--strengths", "0.5,1", "--out", tmp_path / "r" / "steer"],
+               capsys)[0] == 0
+    assert cli([*common, "--method", "steering", "--strengths", "0.5,1", "--out", tmp_path / "again"],
+               capsys)[0] == 0
+    code, out, err = cli(["report", tmp_path / "r", "--out", tmp_path / "rep"], capsys)
+    assert code == 0, err
+    board = json.loads((tmp_path / "rep" / "leaderboard.json").read_text())
+    (g,) = board["groups"]
+    assert [(r["method"], r["strength"]) for r in g["rows"]] == [("unedited", 1.0), ("steering", 0.5),
+                                                                  ("steering", 1.0)]
+    assert {"score", "efficacy", "generalization", "specificity"} <= set(g["headline"])
+    assert "ee_locality" in g["other_metrics"]
+    steer = g["rows"][1]["run"]
+    assert board["worst_cases"][steer]["points"]["0.5"][0]["request"]["target_new"] == "English"
+    # a deterministic rerun is no regression; comparing methods is refused
+    code, out, _ = cli(["compare", tmp_path / "again", tmp_path / "r" / "steer"], capsys)
+    assert code == 0 and "no metric moved" in out
+    code, _, err = cli(["compare", tmp_path / "again", tmp_path / "r" / "unedited"], capsys)
+    assert code == 2 and "different method" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# the HTML in a real browser
+# ---------------------------------------------------------------------------------------------
+class _DomStats(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.root_attrs, self.rows, self.data_imgs, self.svgs, self.sortable_tables = {}, [], 0, 0, 0
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "html":
+            self.root_attrs = a
+        elif tag == "tr" and "data-run" in a:
+            self.rows.append((a["data-run"], a.get("class")))
+        elif tag == "img" and (a.get("src") or "").startswith("data:image/"):
+            self.data_imgs += 1
+        elif tag == "svg":
+            self.svgs += 1
+        elif tag == "table" and "sortable" in (a.get("class") or ""):
+            self.sortable_tables += 1
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                    reason=f"{CHROMIUM} not installed (Debian: apt-get install -y chromium)")
+def test_index_html_renders_in_headless_chromium(tmp_path):
+    make_run(tmp_path / "runs", "s2e", points={0.5: CF, 1.0: {**CF, "efficacy": 70.0, "score": 65.0}})
+    make_run(tmp_path / "runs", "steer", method="steering", points={0.1: {**CF, "score": 20.0}})
+    make_run(tmp_path / "runs", "other", method="ft", split="rome500")
+    write_report([tmp_path / "runs"], tmp_path / "rep")
+    page = tmp_path / "rep" / "index.html"
+    assert not re.search(r'(src|href)="(https?:)?//', page.read_text())  # nothing to fetch from a network
+    profile = tmp_path / "profile"
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom", page.as_uri() + "#selftest"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dom = _DomStats()
+    dom.feed(proc.stdout)
+    # the script ran: it registered the sort handlers and its self-test sorted a metric column
+    assert "data-js-error" not in dom.root_attrs, dom.root_attrs
+    assert int(dom.root_attrs.get("data-sortable-ready", "0")) >= 4
+    assert dom.root_attrs.get("data-selftest") == "ok:score"
+    # runs: R1 = other (rome500), R2 = s2e, R3 = steer; each group has a headline and an other-metrics table
+    edit = [("R2", "pre"), ("R2", "post"), ("R2", "post"), ("R3", "post")]
+    rome = [("R1", "pre"), ("R1", "post")]
+    assert sorted(dom.rows) == sorted(edit * 2 + rome * 2)
+    # the self-test sorted the first table by score, descending: 65 (R2 s=1), 50 (R2 s=0.5), 40 (pre-edit), 20 (R3)
+    assert dom.rows[:4] == [("R2", "post"), ("R2", "post"), ("R2", "pre"), ("R3", "post")]
+    assert dom.data_imgs == 2  # one trade-off figure per table group, inline
+    shot = tmp_path / "shot.png"
+    proc = subprocess.run([*cmd[:-2], "--window-size=1280,2000", f"--screenshot={shot}", page.as_uri()],
+                          capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert proc.returncode == 0 and shot.stat().st_size > 10_000
