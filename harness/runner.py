@@ -174,6 +174,7 @@ def execute(cfg: RunConfig, progress: bool = True, on_chunk: Callable[[int], Non
     from .models import load_model
 
     cfg.validate()
+    code_versions = versions()  # the code that runs is the code at start, whatever changes meanwhile
     bench_cls = registry.load("benchmark", cfg.benchmark)
     method_cls = registry.load("method", cfg.method)
     bench = bench_cls(data_root=cfg.data_root, split=cfg.split)
@@ -212,7 +213,7 @@ def execute(cfg: RunConfig, progress: bool = True, on_chunk: Callable[[int], Non
     mine = [r for r in existing if r["case_id"] in wanted and r["strength"] in cfg.strengths]
     summary = {
         "config": resolved,
-        "versions": versions(),
+        "versions": code_versions,
         "model": lm.provenance(),
         "model_numel": sum(p.numel() for p in lm.model.parameters()),
         "data": bench.provenance(),

