@@ -5,6 +5,10 @@ summaries report, ordered by a preference list, so a new benchmark (e.g. one rep
 ``attribute`` and ``utility``) is reported by the same code. Runs are grouped by *protocol*
 (benchmark, split, model id and weights hash, data file hashes, dtype); runs that differ in any
 of these never share a table, and a metric a run does not report is shown as "—" with a note.
+Attribute-utility sweep directories (``editbench sweep``: summary.json with ``config.methods`` and
+``config.track``, points.jsonl) get their own sections, never merged with run tables: per sweep a
+table per split (test, then val), the matched-utility headline (chosen on val, reported on test),
+hypervolumes and the trade-off figure. The analysis is read from the sweep's summary.json, not redone.
 The HTML is self-contained (inline CSS/JS, figures as base64 PNG), so it can be archived or
 opened offline.
 """
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .errors import EditbenchError
+from .tradeoff import varying_params
 
 MISSING = "—"
 
@@ -84,22 +89,63 @@ def load_summary(run_dir: str | Path) -> dict:
     return summary
 
 
-def read_cases(run_dir: str | Path) -> list[dict]:
-    """Per-case records of a run, read-only: an unfinished last line (a run being written right
-    now) is skipped, never cut off the file as the resuming reader does."""
-    p = Path(run_dir) / "cases.jsonl"
-    if not p.is_file():
-        return []
+def _read_jsonl(path: Path, strict: bool = False) -> list:
+    """JSON lines, read-only: an unfinished last line (a file being written right now) is skipped,
+    never cut off the file as the resuming reader does; other bad lines are skipped, or raise if strict."""
     out = []
-    with open(p, "rb") as f:
-        for line in f:
-            if not line.endswith(b"\n"):
-                break
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
+    try:
+        with open(path, "rb") as f:
+            for i, line in enumerate(f, 1):
+                if not line.endswith(b"\n"):
+                    break
+                try:
+                    out.append(json.loads(line))
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    if strict:
+                        raise EditbenchError(f"{path}: line {i} is not valid JSON") from None
+    except OSError as e:
+        raise EditbenchError(f"cannot read {path}: {e.strerror or e}") from None
     return out
+
+
+def read_cases(run_dir: str | Path) -> list[dict]:
+    """Per-case records of a run (see :func:`_read_jsonl`)."""
+    p = Path(run_dir) / "cases.jsonl"
+    return _read_jsonl(p) if p.is_file() else []
+
+
+def is_sweep_summary(summary: Any) -> bool:
+    """A sweep summary (``editbench sweep``) has a config with a ``methods`` list and a ``track``."""
+    cfg = summary.get("config") if isinstance(summary, dict) else None
+    return isinstance(cfg, dict) and isinstance(cfg.get("methods"), list) and isinstance(cfg.get("track"), dict)
+
+
+def load_sweep(sweep_dir: str | Path) -> tuple[dict, list[dict]]:
+    """A sweep's summary.json and points.jsonl, validated enough that reporting cannot fail halfway."""
+    p = Path(sweep_dir)
+    summary = _read_json(p / "summary.json")
+    if not is_sweep_summary(summary):
+        raise EditbenchError(f"{p / 'summary.json'} is not an editbench sweep summary (no config 'methods'/'track')")
+    if not isinstance(summary.get("analysis") or {}, dict):
+        raise EditbenchError(f"{p / 'summary.json'}: 'analysis' is not a mapping")
+    pp = p / "points.jsonl"
+    if not pp.is_file():
+        raise EditbenchError(f"sweep {p} has no points.jsonl")
+    points = _read_jsonl(pp, strict=True)
+    for i, q in enumerate(points, 1):
+        if not (isinstance(q, dict) and isinstance(q.get("method"), str) and isinstance(q.get("params"), dict)
+                and _num(q.get("strength")) is not None and q.get("split") in ("val", "test")):
+            raise EditbenchError(f"{pp}: line {i} is not a sweep point (needs method, params, strength, "
+                                 "split val/test)")
+    if not points:
+        raise EditbenchError(f"{pp} holds no points")
+    return summary, points
+
+
+def _code_version(v: dict) -> str:
+    commit = str(v.get("git_commit") or "unknown")
+    short = commit[:7] if re.fullmatch(r"[0-9a-f]{7,40}", commit) else commit
+    return short + ("+dirty" if v.get("git_dirty") else "")
 
 
 @dataclass
@@ -154,10 +200,7 @@ class Run:
 
     @property
     def code_version(self) -> str:
-        v = self.summary.get("versions") or {}
-        commit = str(v.get("git_commit") or "unknown")
-        short = commit[:7] if re.fullmatch(r"[0-9a-f]{7,40}", commit) else commit
-        return short + ("+dirty" if v.get("git_dirty") else "")
+        return _code_version(self.summary.get("versions") or {})
 
     def strengths(self) -> list[str]:
         return sorted(self.summary["points"], key=float)
@@ -169,12 +212,62 @@ class Run:
         return self.summary.get("pre") or {}
 
 
-def discover(inputs: Sequence[str | Path]) -> tuple[list[Run], list[str]]:
-    """Runs named directly, or found recursively under parent directories (any directory holding a
-    run summary.json). Returns the runs and human-readable notes on what was skipped."""
+def _data_files(d: Any) -> dict[str, str]:
+    """Every ``{path: sha256}`` in a sweep's (nested) data provenance."""
+    out: dict[str, str] = {}
+    for k, v in (d.items() if isinstance(d, dict) else ()):
+        if isinstance(v, dict):
+            out.update(_data_files(v))
+        elif isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v):
+            out[k] = v
+    return out
+
+
+# what else must match for two sweeps to share a section (the sweep's own resume check, minus model/dtype)
+SWEEP_SETTINGS = ("benchmark_options", "limit", "probe_limit", "utility", "utility_edits", "seed")
+
+
+@dataclass
+class Sweep(Run):
+    """One sweep directory: its summary and its points (one per configuration, strength and split)."""
+
+    points: list[dict] = field(default_factory=list)
+
+    @property
+    def benchmark(self) -> str:
+        return str(self.config.get("benchmark", "?"))
+
+    @property
+    def split(self) -> str:
+        return "val/test"
+
+    @property
+    def track(self) -> dict:
+        return self.config["track"]
+
+    @property
+    def analysis(self) -> dict:
+        return self.summary.get("analysis") or {}
+
+    @property
+    def data_files(self) -> dict[str, str]:
+        return _data_files(self.summary.get("data"))
+
+    @property
+    def data_hashes(self) -> tuple[tuple[str, str], ...]:
+        return tuple(sorted((Path(k).name, v) for k, v in self.data_files.items()))
+
+    def protocol(self) -> dict:
+        return {**protocol_of(self), "settings": {k: self.config.get(k) for k in SWEEP_SETTINGS}}
+
+
+def discover(inputs: Sequence[str | Path]) -> tuple[list[Run], list[Sweep], list[str]]:
+    """Runs and sweeps named directly, or found recursively under parent directories (any directory
+    holding a run or sweep summary.json). Returns them and human-readable notes on what was skipped."""
     if not inputs:
         raise EditbenchError("no results directories given")
     dirs: list[Path] = []
+    sweep_dirs: list[Path] = []
     skipped: list[str] = []
     for raw in inputs:
         p = Path(raw)
@@ -185,9 +278,13 @@ def discover(inputs: Sequence[str | Path]) -> tuple[list[Run], list[str]]:
                 p = p.parent
             else:
                 raise EditbenchError(f"{p} is a file; give a run directory or a directory of runs")
-        if (p / "summary.json").is_file():
-            load_summary(p)  # a directly named run must be valid
-            dirs.append(p)
+        if (p / "summary.json").is_file():  # a directly named run or sweep must be valid
+            if is_sweep_summary(_read_json(p / "summary.json")):
+                load_sweep(p)
+                sweep_dirs.append(p)
+            else:
+                load_summary(p)
+                dirs.append(p)
             continue
         found = sorted(s.parent for s in p.rglob("summary.json"))
         for d in found:
@@ -198,12 +295,15 @@ def discover(inputs: Sequence[str | Path]) -> tuple[list[Run], list[str]]:
                 continue
             if is_run_summary(s):
                 dirs.append(d)
+            elif is_sweep_summary(s):
+                sweep_dirs.append(d)
             else:
-                skipped.append(f"{d}: not a run summary (no per-strength points)")
+                skipped.append(f"{d}: neither a run summary (no per-strength points) nor a sweep summary")
         for c in sorted(c.parent for c in p.rglob("config.json")):
-            if not (c / "summary.json").exists() and (c / "cases.jsonl").exists():
-                skipped.append(f"{c}: no summary.json yet (run in progress or interrupted)")
-    seen, runs = set(), []
+            if not (c / "summary.json").exists() and ((c / "cases.jsonl").exists() or (c / "points.jsonl").exists()):
+                what = "run" if (c / "cases.jsonl").exists() else "sweep"
+                skipped.append(f"{c}: no summary.json yet ({what} in progress or interrupted)")
+    seen, runs, sweeps = set(), [], []
     for d in dirs:
         key = d.resolve()
         if key in seen:
@@ -215,9 +315,19 @@ def discover(inputs: Sequence[str | Path]) -> tuple[list[Run], list[str]]:
             skipped.append(str(e))
             continue
         runs.append(Run(f"R{len(runs) + 1}", d, summary))
-    if not runs:
-        raise EditbenchError(f"no run summaries found under {', '.join(map(str, inputs))}")
-    return runs, skipped
+    for d in sweep_dirs:
+        if d.resolve() in seen:
+            continue
+        seen.add(d.resolve())
+        try:
+            summary, points = load_sweep(d)
+        except EditbenchError as e:
+            skipped.append(str(e))
+            continue
+        sweeps.append(Sweep(f"S{len(sweeps) + 1}", d, summary, points))
+    if not runs and not sweeps:
+        raise EditbenchError(f"no run or sweep summaries found under {', '.join(map(str, inputs))}")
+    return runs, sweeps, skipped
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,7 +354,7 @@ def protocol_of(run: Run) -> dict:
 
 PROTOCOL_LABELS = {"benchmark": "benchmark", "split": "benchmark split", "model": "model",
                    "weights_sha256": "model weights sha256", "data_sha256": "data file sha256",
-                   "dtype": "dtype"}
+                   "dtype": "dtype", "settings": "sweep settings"}
 
 
 def protocol_diff(a: dict, b: dict) -> list[str]:
@@ -253,7 +363,10 @@ def protocol_diff(a: dict, b: dict) -> list[str]:
     for k, label in PROTOCOL_LABELS.items():
         if a.get(k) != b.get(k):
             va, vb = a.get(k), b.get(k)
-            if k == "data_sha256":
+            if k == "settings":
+                out.append(f"{label} (" + "; ".join(f"{n} {va.get(n)} vs {vb.get(n)}" for n in va
+                                                     if va.get(n) != vb.get(n)) + ")")
+            elif k == "data_sha256":
                 names = sorted(set(va) | set(vb))
                 parts = [f"{n} {_short(va.get(n))} vs {_short(vb.get(n))}" for n in names if va.get(n) != vb.get(n)]
                 out.append(f"{label} ({'; '.join(parts)})")
@@ -353,10 +466,12 @@ class Group:
     notes: list[str] = field(default_factory=list)
 
 
-def group_runs(runs: Sequence[Run]) -> list[Group]:
+def group_runs(runs: Sequence[Run], sweeps: bool = False) -> list[Group]:
+    """Runs (or sweeps) by protocol, titled ``benchmark / split — model`` (``benchmark sweep — model``);
+    protocols sharing a title are lettered and say how they differ."""
     groups: dict[str, Group] = {}
     for r in runs:
-        proto = protocol_of(r)
+        proto = r.protocol() if sweeps else protocol_of(r)
         key = json.dumps(proto, sort_keys=True)
         groups.setdefault(key, Group(proto)).runs.append(r)
     out = sorted(groups.values(), key=lambda g: (g.protocol["benchmark"], g.protocol["split"], g.protocol["model"],
@@ -366,7 +481,7 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
         by_label.setdefault((g.protocol["benchmark"], g.protocol["split"], g.protocol["model"]), []).append(g)
     for (bench, split, model), gs in by_label.items():
         for i, g in enumerate(gs):
-            g.title = f"{bench} / {split} — {model}"
+            g.title = f"{bench} sweep — {model}" if sweeps else f"{bench} / {split} — {model}"
             if len(gs) > 1:
                 g.title += f" (protocol {chr(ord('A') + i)})"
                 for j, other in enumerate(gs):
@@ -448,11 +563,101 @@ def provenance(run: Run) -> dict:
             "wall_seconds_last_invocation": s.get("wall_seconds_this_invocation"), "config": run.config}
 
 
-def build_leaderboard(runs: Sequence[Run], skipped: Sequence[str] = ()) -> dict:
+def build_sweep(sw: Sweep) -> dict:
+    """One sweep: a table per split (test first: that is where results are reported), the
+    matched-utility headline, hypervolumes and provenance, all read from the sweep's own files."""
+    a, track, cfg = sw.analysis, sw.track, sw.config
+    higher = bool(track.get("higher_is_better", True))
+    vary = varying_params(sw.points)
+    names = {k for q in sw.points for k, v in q.items() if isinstance(v, dict) and "mean" in v}
+    metrics = ["attribute", "utility"] + order_metrics(names - {"attribute", "utility"})
+    # per-task accuracies stay in leaderboard.json (as in the sweep's analysis.md)
+    columns = [m for m in metrics if not m.endswith(("_acc", "_acc_norm"))]
+    splits, notes = {}, []
+    for split in ("test", "val"):
+        info = (a.get("splits") or {}).get(split)
+        front = {q.get("key") for q in (info or {}).get("pareto") or []}
+        ps = sorted((q for q in sw.points if q["split"] == split),
+                    key=lambda q: (q["method"] != "unedited", q["method"], json.dumps(q["params"], sort_keys=True,
+                                                                                      default=str), q["strength"]))
+        rows = [{"key": q.get("key"), "method": q["method"], "params": q["params"], "strength": float(q["strength"]),
+                 "config": "original model" if q["method"] == "unedited" else
+                 config_label({k: q["params"].get(k) for k in vary[q["method"]]}, None, q["strength"]),
+                 "kind": "reference" if q["method"] == "unedited" else "post",
+                 "pareto": None if info is None else q.get("key") in front,
+                 "n": (q.get("attribute") or {}).get("n"),
+                 "code": _code_version(q.get("code") or sw.summary.get("versions") or {}),
+                 "seconds": q.get("seconds"), "metrics": {m: normalize_agg(q.get(m)) for m in metrics}} for q in ps]
+        splits[split] = {"rows": rows, "hypervolume": (info or {}).get("hypervolume") or {},
+                         "reference_point": (info or {}).get("reference_point")}
+        for m in columns:
+            lacking = [f"{r['method']} {r['config']}" for r in rows if r["metrics"][m] is None]
+            if lacking:
+                notes.append(f"{MISSING} in {split} column `{m}`: not reported for {', '.join(lacking)}.")
+    if not a.get("splits"):
+        notes.append("summary.json has no analysis: no Pareto front, hypervolume or matched-utility gain.")
+    if (sw.path / "points.jsonl").stat().st_mtime > (sw.path / "summary.json").stat().st_mtime + 1:
+        notes.append("points.jsonl is newer than summary.json (sweep resumed or in progress?); "
+                     "the analysis may not cover every point.")
+    baseline = str(a.get("baseline") or cfg.get("baseline") or "steering")
+    util = cfg.get("utility") or {}
+    direction = "higher" if higher else "lower"
+    try:
+        headline = matched_lines(a.get("matched_utility"), baseline, higher)
+        hv = [f"{split}: " + (", ".join(f"{m} {v:.1f}" for m, v in t["hypervolume"].items()) or MISSING)
+              + ("" if not t["reference_point"] else " (reference point: utility "
+                 f"{t['reference_point']['utility']:.1f}, attribute {t['reference_point']['attribute']:.1f})")
+              for split, t in splits.items()]
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise EditbenchError(f"{sw.path / 'summary.json'}: malformed analysis ({type(e).__name__}: {e})") from None
+    return {
+        "id": sw.rid, "sweep_dir": str(sw.path), "attribute": track.get("attribute"), "higher_is_better": higher,
+        "baseline": baseline,
+        "description": f"Attribute `{track.get('attribute', '?')}` ({direction} is better); utility: mean "
+                       f"{util.get('metric', '?')} over {', '.join(util.get('tasks') or []) or '?'} "
+                       "(higher is better); "
+                       f"items per split: {json.dumps(track.get('n_items'))}; points: {len(sw.points)}.",
+        "columns": columns, "metrics": metrics, "splits": splits,
+        "matched_utility": a.get("matched_utility"), "headline": headline, "hypervolume": hv, "notes": notes,
+        "headline_title": f"Attribute gain over `{baseline}` at matched utility (operating point chosen on val, gain "
+                          f"reported on test; {direction} is better, so a {'positive' if higher else 'negative'} "
+                          "gain is an improvement)",
+        "provenance": {"sweep_dir": str(sw.path), "config": cfg, "versions": sw.summary.get("versions") or {},
+                       "code_version": sw.code_version, "model": sw.summary.get("model") or {},
+                       "data_files": sw.data_files},
+    }
+
+
+def matched_lines(mu: Any, baseline: str, higher: bool) -> list[str]:
+    """The headline: per method, the operating point chosen on val and its gain over the baseline on test."""
+    if not isinstance(mu, dict):
+        return [f"no matched-utility analysis ({MISSING})"]
+    if "note" in mu:
+        return [str(mu["note"])]
+    out = []
+    for m, e in mu.items():
+        if not isinstance(e, dict) or "note" in e or not isinstance(e.get("operating_point"), dict):
+            out.append(f"{m}: {e.get('note') if isinstance(e, dict) else e}")
+            continue
+        op, gt, gv = e["operating_point"], _num(e.get("gain_test")), _num(e.get("gain_val"))
+        test = (f"gain on test {MISSING} (no test point)" if "utility_test" not in e else
+                f"gain on test {MISSING} (utility {e['utility_test']:.1f} is outside {baseline}'s range)"
+                if gt is None else
+                f"gain on test {gt:+.1f} (attribute {e['attribute_test']:.1f} vs {baseline} "
+                f"{e['baseline_attribute_test']:.1f} at utility {e['utility_test']:.1f})")
+        out.append(f"{m}: operating point {op.get('label')} s={_num(op.get('strength')) or 0:g} (gain on val "
+                   + (MISSING if gv is None else f"{gv:+.1f}") + f"); {test}")
+    return out
+
+
+def build_leaderboard(runs: Sequence[Run], skipped: Sequence[str] = (), sweeps: Sequence[Sweep] = ()) -> dict:
     defaults: dict[str, dict | None] = {}
     groups = group_runs(runs)
     return {"format": "editbench-leaderboard/1", "groups": [build_group(g, defaults) for g in groups],
-            "runs": {r.rid: provenance(r) for r in runs}, "skipped": list(skipped)}
+            "runs": {r.rid: provenance(r) for r in runs},
+            "sweep_groups": [{"title": g.title, "protocol": g.protocol, "notes": g.notes,
+                              "sweeps": [build_sweep(sw) for sw in g.runs]} for g in group_runs(sweeps, sweeps=True)],
+            "skipped": list(skipped)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -472,43 +677,89 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _md_table(group: dict, metrics: list[str]) -> list[str]:
-    head = ["method", "config", *metrics, "n", "code", "run"]
+def _pareto_text(v: bool | None) -> str:
+    return MISSING if v is None else "*" if v else ""
+
+
+def _md_table(rows: list[dict], metrics: list[str], tail: Sequence[str] = ("n", "code", "run")) -> list[str]:
+    head = ["method", "config", *metrics, *tail]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in group["rows"]:
+    for row in rows:
         cells = [row["method"], row["config"], *[fmt_agg(row["metrics"][m], row["n"]) for m in metrics],
-                 str(row["n"]), row["code"], row["run"]]
+                 *[_pareto_text(row[t]) if t == "pareto" else str(row[t]) for t in tail]]
         lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
     return lines
 
 
-def render_markdown(board: dict, figures: dict[int, list[tuple[str, str]]] | None = None) -> str:
-    """leaderboard.md: per protocol group a headline table and a table of the other metrics."""
+def _md_protocol(p: dict) -> str:
+    settings = "" if "settings" not in p else ", settings `" + json.dumps(p["settings"], sort_keys=True) + "`"
+    return (f"Protocol: benchmark `{p['benchmark']}`, split `{p['split']}`, model `{p['model']}` "
+            f"(weights sha256 `{_short(p['weights_sha256'])}`), dtype `{p['dtype']}`, data "
+            + ", ".join(f"`{k}` sha256 `{_short(v)}`" for k, v in p["data_sha256"].items()) + settings + ".")
+
+
+def _md_sweeps(board: dict, figures: dict[str, str]) -> list[str]:
+    out = []
+    for g in board["sweep_groups"]:
+        out += [f"## {g['title']}", "", _md_protocol(g["protocol"]), ""]
+        out += ["Notes:", ""] + [f"* {n}" for n in g["notes"]] + [""] if g["notes"] else []
+        for sw in g["sweeps"]:
+            out += [f"### {sw['id']}: `{sw['sweep_dir']}`", "", sw["description"], "", sw["headline_title"] + ":", ""]
+            out += [f"* {line}" for line in sw["headline"]] + ["", "Hypervolume with the original model "
+                                                                 "(larger is better):", ""]
+            out += [f"* {line}" for line in sw["hypervolume"]] + [""]
+            for split, t in sw["splits"].items():
+                out += [f"#### {split}", ""] + _md_table(t["rows"], sw["columns"], ("pareto", "n", "code")) + [""]
+            if sw["id"] in figures:
+                out += [f"![trade-off {sw['id']} (test)]({figures[sw['id']]})", ""]
+            notes = sw["notes"] + ["Pareto `*`: on the split's Pareto front (all methods); per-task accuracies "
+                                   "are in leaderboard.json and the sweep's points.jsonl."]
+            out += ["Notes:", ""] + [f"* {n}" for n in notes] + [""]
+    return out
+
+
+def render_markdown(board: dict, figures: dict[int, list[tuple[str, str]]] | None = None,
+                    sweep_figures: dict[str, str] | None = None) -> str:
+    """leaderboard.md: per protocol group a headline table and a table of the other metrics; per
+    sweep a table per split, the matched-utility headline and hypervolumes."""
     out = ["# editbench leaderboard", "",
            "Cells: mean [95% bootstrap CI] over cases (x100 for rates and probabilities). "
            f"`{MISSING}` = metric not reported by that run. Runs under different protocols "
-           "(benchmark split, model weights, data files, dtype) are in separate tables.", ""]
+           "(benchmark split, model weights, data files, dtype) are in separate tables; attribute-utility sweeps "
+           "have their own sections, which state their attribute's scale and direction.", ""]
     for gi, g in enumerate(board["groups"]):
-        p = g["protocol"]
-        out += [f"## {g['title']}", "",
-                f"Protocol: benchmark `{p['benchmark']}`, split `{p['split']}`, model `{p['model']}` "
-                f"(weights sha256 `{_short(p['weights_sha256'])}`), dtype `{p['dtype']}`, data "
-                + ", ".join(f"`{k}` sha256 `{_short(v)}`" for k, v in p["data_sha256"].items()) + ".", ""]
-        out += _md_table(g, g["headline"]) + [""]
+        out += [f"## {g['title']}", "", _md_protocol(g["protocol"]), ""]
+        out += _md_table(g["rows"], g["headline"]) + [""]
         if g["other_metrics"]:
-            out += ["Other metrics:", ""] + _md_table(g, g["other_metrics"]) + [""]
+            out += ["Other metrics:", ""] + _md_table(g["rows"], g["other_metrics"]) + [""]
         for title, rel in (figures or {}).get(gi, []):
             out += [f"![{title}]({rel})", ""]
         if g["notes"]:
             out += ["Notes:", ""] + [f"* {n}" for n in g["notes"]] + [""]
-    out += ["## Runs", "", "| run | directory | method | params | n | code | model weights | data sha256 |",
-            "|---|---|---|---|---|---|---|---|"]
+    out += _md_sweeps(board, sweep_figures or {})
+    if board["runs"]:
+        out += ["## Runs", "", "| run | directory | method | params | n | code | model weights | data sha256 |",
+                "|---|---|---|---|---|---|---|---|"]
     for rid, pv in board["runs"].items():
         params = json.dumps(pv["method_params"], sort_keys=True, default=str)
         data = ", ".join(f"{Path(k).name}: {_short(v)}" for k, v in pv["data_files"].items())
         out.append("| " + " | ".join(_md_cell(c) for c in [
             rid, f"`{pv['run_dir']}`", pv["method"], f"`{params}`", str(pv["n_cases"]), pv["code_version"],
             _short(pv["model"].get("weights_sha256")), data]) + " |")
+    sweeps = [sw for g in board["sweep_groups"] for sw in g["sweeps"]]
+    if sweeps:
+        out += ["", "## Sweeps", "", "| sweep | directory | code | versions | model weights | data sha256 |",
+                "|---|---|---|---|---|---|"]
+    for sw in sweeps:
+        pv = sw["provenance"]
+        out.append("| " + " | ".join(_md_cell(c) for c in [
+            sw["id"], f"`{pv['sweep_dir']}`", pv["code_version"],
+            ", ".join(f"{k} {v}" for k, v in pv["versions"].items() if not k.startswith("git_")),
+            _short(pv["model"].get("weights_sha256")),
+            ", ".join(f"{Path(k).name}: {_short(v)}" for k, v in pv["data_files"].items())]) + " |")
+    for sw in sweeps:
+        out += ["", f"<details><summary>{sw['id']} config</summary>", "", "```json",
+                json.dumps(sw["provenance"]["config"], sort_keys=True, default=str), "```", "", "</details>"]
     if board["skipped"]:
         out += ["", "Skipped:", ""] + [f"* {s}" for s in board["skipped"]]
     return "\n".join(out) + "\n"
@@ -578,6 +829,26 @@ def tradeoff_figure(group: dict, runs: dict[str, Run]) -> tuple[str, bytes, str]
     fig.savefig(svg, format="svg")
     title = "trade-off: " + ", ".join(f"{y} vs {x}" for x, y in pairs)
     return title, png.getvalue(), svg.getvalue()
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
+
+
+def sweep_figure(sw: Sweep, stem: Path) -> Path | None:
+    """The sweep's test-split trade-off re-plotted by :func:`harness.tradeoff.plot_panels` (PNG + SVG)
+    from the points whose attribute and utility have CIs; None when there are none."""
+    from .tradeoff import plot_panels
+
+    pts = []
+    for q in sw.points:
+        a, u = normalize_agg(q.get("attribute")), normalize_agg(q.get("utility"))
+        if q["split"] == "test" and a and u and None not in a["ci95"] + u["ci95"]:
+            pts.append({**q, "attribute": a, "utility": u})
+    if not pts:
+        return None
+    title = f"{sw.model_id} / {sw.benchmark}"
+    return plot_panels([(title, pts, sw.track)], stem, baseline=str(sw.analysis.get("baseline") or "steering"))[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -723,25 +994,101 @@ def _html_table(group: dict, metrics: list[str], runs: dict[str, dict]) -> str:
                 f"{json.dumps(row['params'], sort_keys=True, default=str)} | code {row['code']}")
         cells = [f'<td title="{_e(prov)}">{_e(row["method"])}</td>',
                  f'<td title="{_e(prov)}">{_e(row["config"])}</td>']
-        for m in metrics:
-            a = row["metrics"][m]
-            if a is None:
-                cells.append(f'<td class="missing" data-v="" title="{_e(m)} not reported by {_e(row["run"])}">'
-                             f"{MISSING}</td>")
-                continue
-            lo, hi = a["ci95"]
-            ci = "" if lo is None else f' <span class="ci">[{lo:.1f}, {hi:.1f}]</span>'
-            nn = "" if a.get("n") in (None, row["n"]) else f' <span class="ci">(n={a["n"]})</span>'
-            tip = (f"{m} = {a['mean']:.4g}, 95% CI [{lo}, {hi}], std {a.get('std')}, n {a.get('n')}; "
-                   f"from {pv['run_dir']}/summary.json, "
-                   + ("pre-edit" if row["kind"] == "pre" else f"strength {row['strength']:g}"))
-            cells.append(f'<td class="num" data-v="{a["mean"]!r}" title="{_e(tip)}">{a["mean"]:.1f}{ci}{nn}</td>')
+        src = f"{pv['run_dir']}/summary.json, " + ("pre-edit" if row["kind"] == "pre"
+                                                    else f"strength {row['strength']:g}")
+        cells += [_html_agg_cell(m, row["metrics"][m], row["n"], row["run"], src) for m in metrics]
         cells += [f'<td class="num" data-v="{row["n"] if row["n"] is not None else ""}">{_e(row["n"])}</td>',
                   f"<td>{_e(row['code'])}</td>",
                   f'<td><a href="#run-{_e(row["run"])}">{_e(row["run"])}</a></td>']
         body.append(f'<tr class="{row["kind"]}" data-run="{_e(row["run"])}">' + "".join(cells) + "</tr>")
     return (f'<div class="scroll"><table class="sortable leaderboard"><thead><tr>{ths}</tr></thead><tbody>'
             + "".join(body) + "</tbody></table></div>")
+
+
+def _e_md(text: str) -> str:
+    """Escaped text with markdown `code` spans as <code>."""
+    return re.sub(r"`([^`]*)`", r"<code>\1</code>", _e(text))
+
+
+def _html_agg_cell(m: str, a: dict | None, n_row: Any, who: str, src: str) -> str:
+    if a is None:
+        return f'<td class="missing" data-v="" title="{_e(m)} not reported by {_e(who)}">{MISSING}</td>'
+    lo, hi = a["ci95"]
+    ci = "" if lo is None else f' <span class="ci">[{lo:.1f}, {hi:.1f}]</span>'
+    nn = "" if a.get("n") in (None, n_row) else f' <span class="ci">(n={a["n"]})</span>'
+    tip = f"{m} = {a['mean']:.4g}, 95% CI [{lo}, {hi}], std {a.get('std')}, n {a.get('n')}; from {src}"
+    return f'<td class="num" data-v="{a["mean"]!r}" title="{_e(tip)}">{a["mean"]:.1f}{ci}{nn}</td>'
+
+
+def _html_sweep_table(sw: dict, split: str) -> str:
+    cols = sw["columns"]
+    ths = "".join(f'<th data-metric="{_e(h)}">{_e(h)}</th>' for h in cols)
+    body = []
+    for row in sw["splits"][split]["rows"]:
+        who = f"{row['method']} {row['config']}"
+        src = f"{sw['sweep_dir']}/points.jsonl, split {split}, key {row['key']}"
+        cells = [f'<td title="{_e(src)}">{_e(row["method"])}</td>',
+                 f'<td title="{_e(json.dumps(row["params"], sort_keys=True, default=str))}">{_e(row["config"])}</td>',
+                 *[_html_agg_cell(m, row["metrics"][m], row["n"], who, src) for m in cols],
+                 f'<td data-v="{"" if row["pareto"] is None else int(row["pareto"])}">'
+                 f"{_pareto_text(row['pareto'])}</td>",
+                 f'<td class="num" data-v="{row["n"] if row["n"] is not None else ""}">{_e(row["n"])}</td>',
+                 f"<td>{_e(row['code'])}</td>"]
+        body.append(f'<tr class="{row["kind"]}" data-sweep="{_e(sw["id"])}">' + "".join(cells) + "</tr>")
+    return (f'<div class="scroll"><table class="sortable sweep"><thead><tr><th>method</th><th>config</th>{ths}'
+            f'<th>Pareto</th><th>n</th><th>code</th></tr></thead><tbody>' + "".join(body) + "</tbody></table></div>")
+
+
+def _html_protocol(p: dict) -> str:
+    return (f'<p class="proto">benchmark <code>{_e(p["benchmark"])}</code>, split <code>{_e(p["split"])}</code>, '
+            f'model <code>{_e(p["model"])}</code> (weights sha256 <code>{_e(p["weights_sha256"])}</code>), '
+            f'dtype <code>{_e(p["dtype"])}</code>, data: '
+            + ", ".join(f"<code>{_e(k)}</code> sha256 <code>{_e(v)}</code>" for k, v in p["data_sha256"].items())
+            + ("" if "settings" not in p else
+               f', settings <code>{_e(json.dumps(p["settings"], sort_keys=True))}</code>') + "</p>")
+
+
+def _html_sweeps(board: dict, figures: dict[str, bytes]) -> list[str]:
+    out = []
+    for gi, g in enumerate(board["sweep_groups"]):
+        out.append(f'<section class="group sweeps" id="sweep-group-{gi}"><h2>{_e(g["title"])}</h2>'
+                   + _html_protocol(g["protocol"]) + "".join(f'<div class="note">{_e_md(n)}</div>' for n in g["notes"]))
+        for sw in g["sweeps"]:
+            out.append(f'<section class="sweep" id="sweep-{_e(sw["id"])}"><h3>{_e(sw["id"])}: '
+                       f'<code>{_e(sw["sweep_dir"])}</code> (<a href="#prov-{_e(sw["id"])}">provenance</a>)</h3>'
+                       f'<p>{_e_md(sw["description"])}</p><p><b>{_e_md(sw["headline_title"])}:</b></p>'
+                       '<ul class="headline">'
+                       + "".join(f"<li>{_e(x)}</li>" for x in sw["headline"])
+                       + "</ul><p>Hypervolume with the original model (larger is better):</p><ul>"
+                       + "".join(f"<li>{_e(x)}</li>" for x in sw["hypervolume"]) + "</ul>")
+            for split in sw["splits"]:
+                out.append(f"<h4>{_e(split)}</h4>" + _html_sweep_table(sw, split))
+            if sw["id"] in figures:
+                out.append(f'<figure><img class="fig" alt="trade-off {_e(sw["id"])}" src="data:image/png;base64,'
+                           f'{base64.b64encode(figures[sw["id"]]).decode()}"><figcaption>attribute vs utility on '
+                           f"test: the baseline as a curve (numbers are strengths), Steer2Edit configurations as "
+                           "stars, the original model as a triangle; bars are 95% bootstrap CIs.</figcaption></figure>")
+            out.append("".join(f'<div class="note">{_e_md(n)}</div>' for n in sw["notes"])
+                       + '<p class="proto">Pareto *: on the split\'s Pareto front over all methods; per-task '
+                         "accuracies are in leaderboard.json and the sweep's points.jsonl.</p></section>")
+        out.append("</section>")
+    return out
+
+
+def _html_prov_table(rid: str, title: str, rows: list[tuple[str, Any]], config: dict, anchor: str) -> str:
+    return (f'<section id="{anchor}"><h3>{_e(rid)}: {_e(title)}</h3><table class="prov">'
+            + "".join(f"<tr><th>{_e(k)}</th><td>{_e(val)}</td></tr>" for k, val in rows)
+            + "</table><details><summary>config.json</summary><pre>"
+            + _e(json.dumps(config, indent=2, sort_keys=True, default=str)) + "</pre></details></section>")
+
+
+def _code_line(v: dict) -> str:
+    return (f"editbench {v.get('editbench')} commit {v.get('git_commit')}"
+            + (" (uncommitted changes)" if v.get("git_dirty") else ""))
+
+
+def _versions_line(v: dict) -> str:
+    return ", ".join(f"{k} {val}" for k, val in v.items() if not k.startswith(("git_", "editbench")))
 
 
 def _html_drilldown(rid: str, run: dict, dd: dict) -> str:
@@ -775,7 +1122,8 @@ def _fmt_num(v: float | None) -> str:
     return MISSING if v is None else f"{v:.3f}"
 
 
-def render_html(board: dict, figures: dict[int, list[tuple[str, bytes]]], drill: dict[str, dict]) -> str:
+def render_html(board: dict, figures: dict[int, list[tuple[str, bytes]]], drill: dict[str, dict],
+                sweep_figures: dict[str, bytes] | None = None) -> str:
     """A single self-contained page: sortable tables, inline figures, drill-down, provenance."""
     runs = board["runs"]
     out = ["<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
@@ -784,19 +1132,15 @@ def render_html(board: dict, figures: dict[int, list[tuple[str, bytes]]], drill:
            "<h1>editbench leaderboard</h1>",
            f"<p>Cells: mean and <span class=\"ci\">[95% bootstrap CI]</span> over cases (x100 for rates and "
            f"probabilities); hover a cell for its source. {MISSING} = not reported by that run. Runs under different "
-           "protocols (benchmark split, model weights, data files, dtype) are never merged. Click a column header "
-           "to sort.</p>"]
+           "protocols (benchmark split, model weights, data files, dtype) are never merged; attribute-utility "
+           "sweeps have their own sections (their attribute's scale and direction are stated there). Click a column "
+           "header to sort.</p>"]
     out.append("<ul>" + "".join(f'<li><a href="#group-{i}">{_e(g["title"])}</a></li>' for i, g in
-                                enumerate(board["groups"])) + '<li><a href="#provenance">provenance</a></li></ul>')
+                                enumerate(board["groups"]))
+               + "".join(f'<li><a href="#sweep-group-{i}">{_e(g["title"])}</a></li>' for i, g in
+                         enumerate(board["sweep_groups"])) + '<li><a href="#provenance">provenance</a></li></ul>')
     for gi, g in enumerate(board["groups"]):
-        p = g["protocol"]
-        out.append(f'<section class="group" id="group-{gi}"><h2>{_e(g["title"])}</h2>')
-        out.append(f'<p class="proto">benchmark <code>{_e(p["benchmark"])}</code>, '
-                   f'split <code>{_e(p["split"])}</code>, '
-                   f'model <code>{_e(p["model"])}</code> (weights sha256 <code>{_e(p["weights_sha256"])}</code>), '
-                   f'dtype <code>{_e(p["dtype"])}</code>, data: '
-                   + ", ".join(f"<code>{_e(k)}</code> sha256 <code>{_e(v)}</code>" for k, v in p["data_sha256"].items())
-                   + "</p>")
+        out.append(f'<section class="group" id="group-{gi}"><h2>{_e(g["title"])}</h2>' + _html_protocol(g["protocol"]))
         out.append(_html_table(g, g["headline"], runs))
         if g["other_metrics"]:
             out.append("<h3>Other metrics</h3>" + _html_table(g, g["other_metrics"], runs))
@@ -812,6 +1156,7 @@ def render_html(board: dict, figures: dict[int, list[tuple[str, bytes]]], drill:
             if rid in drill:
                 out.append(_html_drilldown(rid, runs[rid], drill[rid]))
         out.append("</section>")
+    out += _html_sweeps(board, sweep_figures or {})
     out.append('<section id="provenance"><h2>Provenance</h2>')
     for rid, pv in runs.items():
         m = pv["model"]
@@ -824,15 +1169,25 @@ def render_html(board: dict, figures: dict[int, list[tuple[str, bytes]]], drill:
                 ("model", f"{m.get('model_id')} ({m.get('model_type', '?')}, {m.get('dtype', '?')}, "
                           f"{m.get('device', '?')})"),
                 ("model weights sha256", m.get("weights_sha256")), ("model source", m.get("source")),
-                ("code", f"editbench {v.get('editbench')} commit {v.get('git_commit')}"
-                         + (" (uncommitted changes)" if v.get("git_dirty") else "")),
-                ("versions", ", ".join(f"{k} {val}" for k, val in v.items()
-                                       if not k.startswith(("git_", "editbench")))),
+                ("code", _code_line(v)), ("versions", _versions_line(v)),
                 ("wall seconds (last invocation)", pv["wall_seconds_last_invocation"])]
-        out.append(f'<section id="run-{_e(rid)}"><h3>{_e(rid)}: {_e(pv["method"])}</h3><table class="prov">'
-                   + "".join(f"<tr><th>{_e(k)}</th><td>{_e(val)}</td></tr>" for k, val in rows)
-                   + "</table><details><summary>config.json</summary><pre>"
-                   + _e(json.dumps(pv["config"], indent=2, sort_keys=True, default=str)) + "</pre></details></section>")
+        out.append(_html_prov_table(rid, pv["method"], rows, pv["config"], f"run-{_e(rid)}"))
+    for g in board["sweep_groups"]:
+        for sw in g["sweeps"]:
+            pv, cfg = sw["provenance"], sw["provenance"]["config"]
+            m, v = pv["model"], pv["versions"]
+            rows = [("sweep directory", pv["sweep_dir"]),
+                    ("methods", "; ".join(f"{x.get('name')} {json.dumps(x.get('params'), sort_keys=True, default=str)} "
+                                          f"strengths {x.get('strengths')}" for x in cfg["methods"]
+                                          if isinstance(x, dict))),
+                    ("benchmark", f"{cfg.get('benchmark')} {json.dumps(cfg.get('benchmark_options') or {})}"),
+                    *[(f"data {k}", f"sha256 {h}") for k, h in pv["data_files"].items()],
+                    ("model", f"{m.get('model_id')} ({m.get('model_type', '?')}, {m.get('dtype', '?')}, "
+                              f"{m.get('device', '?')})"),
+                    ("model weights sha256", m.get("weights_sha256")), ("model source", m.get("source")),
+                    ("code (at start)", _code_line(v)), ("versions", _versions_line(v)),
+                    ("per-item records", f"{pv['sweep_dir']}/items.jsonl")]
+            out.append(_html_prov_table(sw["id"], f"sweep {cfg.get('benchmark')}", rows, cfg, f"prov-{_e(sw['id'])}"))
     if board["skipped"]:
         out.append("<h3>Skipped</h3><ul>" + "".join(f"<li>{_e(s)}</li>" for s in board["skipped"]) + "</ul>")
     out.append("</section><script>" + JS + "</script></body></html>")
@@ -843,11 +1198,11 @@ def render_html(board: dict, figures: dict[int, list[tuple[str, bytes]]], drill:
 # Entry points
 # ---------------------------------------------------------------------------------------------
 def write_report(inputs: Sequence[str | Path], out_dir: str | Path, worst: int = 5, figures: bool = True) -> dict:
-    """Build the leaderboard from run directories and write md/json/html (+ figure files)."""
+    """Build the leaderboard from run and sweep directories and write md/json/html (+ figure files)."""
     if worst < 0:
         raise EditbenchError(f"--worst must be >= 0, got {worst}")
-    runs, skipped = discover(inputs)
-    board = build_leaderboard(runs, skipped)
+    runs, sweeps, skipped = discover(inputs)
+    board = build_leaderboard(runs, skipped, sweeps)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise EditbenchError(f"--out {out} exists and is not a directory")
@@ -862,12 +1217,21 @@ def write_report(inputs: Sequence[str | Path], out_dir: str | Path, worst: int =
             if fig is None:
                 continue
             title, png, svg = fig
-            name = f"figures/tradeoff-{gi}-{re.sub(r'[^A-Za-z0-9]+', '-', g['title']).strip('-').lower()}"
+            name = f"figures/tradeoff-{gi}-{_slug(g['title'])}"
             (out / f"{name}.png").write_bytes(png)
             (out / f"{name}.svg").write_text(svg, encoding="utf-8")
             figs_png.setdefault(gi, []).append((title, png))
             figs_md.setdefault(gi, []).append((title, f"{name}.png"))
             g.setdefault("figures", []).append(f"{name}.png")
+    sweep_png, sweep_md = {}, {}
+    if figures:
+        by_sid = {sw.rid: sw for sw in sweeps}
+        for g in board["sweep_groups"]:
+            for sb in g["sweeps"]:
+                name = sweep_figure(by_sid[sb["id"]], out / "figures" / f"sweep-{sb['id']}-{_slug(g['title'])}")
+                if name is not None:
+                    sweep_png[sb["id"]] = name.read_bytes()
+                    sweep_md[sb["id"]] = sb["figure"] = f"figures/{name.name}"
     drill = {}
     if worst:
         for g in board["groups"]:
@@ -875,15 +1239,16 @@ def write_report(inputs: Sequence[str | Path], out_dir: str | Path, worst: int =
                 drill[rid] = worst_cases(by_id[rid], worst, g["headline"])
     board["worst_cases"] = drill
     (out / "leaderboard.json").write_text(json.dumps(board, indent=2, sort_keys=False, default=str), encoding="utf-8")
-    (out / "leaderboard.md").write_text(render_markdown(board, figs_md), encoding="utf-8")
-    (out / "index.html").write_text(render_html(board, figs_png, drill), encoding="utf-8")
+    (out / "leaderboard.md").write_text(render_markdown(board, figs_md, sweep_md), encoding="utf-8")
+    (out / "index.html").write_text(render_html(board, figs_png, drill, sweep_png), encoding="utf-8")
     return board
 
 
 def _cmd_report(a: argparse.Namespace) -> int:
     board = write_report(a.results, a.out, worst=a.worst, figures=not a.no_figures)
     n_rows = sum(len(g["rows"]) for g in board["groups"])
-    print(f"{len(board['runs'])} runs, {len(board['groups'])} table(s), {n_rows} rows -> "
+    n_sweeps = sum(len(g["sweeps"]) for g in board["sweep_groups"])
+    print(f"{len(board['runs'])} runs, {len(board['groups'])} table(s), {n_rows} rows, {n_sweeps} sweep(s) -> "
           f"{a.out}/leaderboard.md, {a.out}/leaderboard.json, {a.out}/index.html")
     for s in board["skipped"]:
         print(f"skipped: {s}")
@@ -894,7 +1259,7 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:
     """Register ``editbench report`` on the CLI's subparsers."""
     p = sub.add_parser("report", help="leaderboard (markdown, JSON, self-contained HTML) from run directories")
     p.add_argument("results", nargs="+", metavar="RESULTS_DIR",
-                   help="run directories, or directories searched recursively for run summaries")
+                   help="run or sweep directories, or directories searched recursively for them")
     p.add_argument("--out", required=True, metavar="REPORT_DIR", help="where leaderboard.{md,json} and index.html go")
     p.add_argument("--worst", type=int, default=5,
                    help="worst cases per method and strength in the drill-down (0: none)")

@@ -174,7 +174,9 @@ def format_analysis(summary: dict, points: Sequence[Point]) -> str:
         lines += ["", f"## {split}", format_points(points, split, {q["key"] for q in info["pareto"]}), "",
                   "hypervolume (with the original model): " +
                   ", ".join(f"{m} {v:.1f}" for m, v in info["hypervolume"].items())]
-    lines += ["", f"## Attribute gain over {a['baseline']} at matched utility (chosen on val, reported on test)"]
+    lines += ["", f"## Attribute gain over {a['baseline']} at matched utility (chosen on val, reported on test)",
+              "Gains are attribute differences (method - baseline): "
+              + ("positive is better." if a["higher_is_better"] else "lower is better, so negative is the improvement.")]
     mu = a["matched_utility"]
     if "note" in mu:
         lines.append(mu["note"])

@@ -1,7 +1,7 @@
 """Leaderboard reports (`editbench report`) and regression checks (`editbench compare`).
 
-Most tests use hand-made run directories (config.json, summary.json, cases.jsonl in the runner's
-format) so every number is known; one test runs the harness on a tiny model end to end, and one
+Most tests use hand-made run and sweep directories (the runner's and the sweep's formats) so every
+number is known; two tests run the harness on a tiny model end to end (a run, a sweep), and one
 renders index.html in headless Debian chromium.
 """
 
@@ -13,10 +13,13 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import yaml
 
 from harness.cli import main
 from harness.compare import classify, compare_runs
 from harness.report import MISSING, write_report
+from harness.sweep import point_key
+from harness.tradeoff import analyze
 
 CHROMIUM = "/usr/bin/chromium"
 REPO = Path(__file__).resolve().parents[1]
@@ -65,6 +68,45 @@ def make_run(root, name, method="steer2edit", params=None, points=None, pre=None
                               "pre": {"efficacy": 0.0, "efficacy_magnitude": -0.1},
                               "post": {"efficacy": float(i % 2), "efficacy_magnitude": (i - 5) / 100}})
         (d / "cases.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return d
+
+
+# (method, params, strength, attribute, utility) on val; test adds 5 to the attribute
+SWEEP_POINTS = [("unedited", {}, 0.0, 250.0, 50.0), ("steering", {"window": "response"}, 0.5, 150.0, 48.0),
+                ("steering", {"window": "response"}, 1.0, 80.0, 40.0), ("steer2edit", {"alpha": 0.3}, 1.0, 100.0, 49.0),
+                ("steer2edit", {"alpha": 0.6}, 1.0, 60.0, 45.0)]
+
+
+def make_sweep(root, name, limit=4, benchmark="reasoning_length", attribute="length", higher=False):
+    """A sweep directory as `editbench sweep` writes it, its analysis by harness.tradeoff.analyze.
+    The steer2edit alpha=0.6 test point lacks `accuracy`."""
+    d = Path(root) / name
+    d.mkdir(parents=True)
+    code = {"editbench": "0.1.0", "git_commit": "feedbee1234", "git_dirty": False}
+    points = []
+    for split in ("val", "test"):
+        for method, params, s, a, u in SWEEP_POINTS:
+            p = {"key": point_key(method, params, s), "method": method, "params": params, "strength": s, "split": split,
+                 "attribute": agg(a + 5 * (split == "test"), n=4), "utility": agg(u, n=6),
+                 "accuracy": agg(10.0, n=4), "arc_easy_acc": agg(u, n=6), "wikitext_ppl": agg(300.0, n=1),
+                 "seconds": {"fit": 0.1, "eval": 0.2}, "code": code}
+            if split == "test" and params.get("alpha") == 0.6:
+                del p["accuracy"]
+            points.append(p)
+    track = {"attribute": attribute, "higher_is_better": higher, "scale": 1.0, "n_items": {"val": 4, "test": 4}}
+    config = {"model": "tiny-llama", "benchmark": benchmark, "out": str(d), "limit": limit, "probe_limit": 4,
+              "seed": 0, "dtype": "float32", "benchmark_options": {}, "utility_edits": 2, "baseline": "steering",
+              "utility": {"tasks": ["arc_easy"], "metric": "acc", "limit": 6}, "track": track,
+              "methods": [{"name": m, "params": p, "strengths": [s]} for m, p, s, _, _ in SWEEP_POINTS[1:]]}
+    summary = {"config": config, "versions": {**code, "torch": "x"},
+               "model": {"model_id": "tiny-llama", "weights_sha256": "a" * 64, "dtype": "float32"},
+               "data": {"benchmark": {"benchmark": benchmark, "files": {"/data/gsm8k/test.jsonl": "c" * 64}},
+                        "utility": {"/data/utility/arc_easy_test.jsonl": "d" * 64}},
+               "analysis": analyze(points, track, baseline="steering")}
+    (d / "config.json").write_text(json.dumps(config))
+    (d / "points.jsonl").write_text("".join(json.dumps(p) + "\n" for p in points))
+    (d / "items.jsonl").write_text("")
+    (d / "summary.json").write_text(json.dumps(summary))
     return d
 
 
@@ -194,16 +236,147 @@ def test_report_discovery_and_bad_input(tmp_path, capsys):
     before = (wip / "cases.jsonl").read_bytes()
     code, out, _ = cli(["report", tmp_path / "res", "--out", tmp_path / "rep"], capsys)
     assert code == 0 and "1 runs" in out
-    assert "not a run summary" in out and "no summary.json yet" in out
+    assert "neither a run summary" in out and "no summary.json yet (run in progress" in out
     assert (wip / "cases.jsonl").read_bytes() == before
     broken = make_run(tmp_path / "broken", "run")
     (broken / "summary.json").write_text('{"points": ')
     for args, msg in [([tmp_path / "nope"], "does not exist"),
                       ([broken], "summary.json is not valid JSON"),
                       ([tmp_path / "res" / "attribution"], "not an editbench run summary"),
-                      ([tmp_path / "res" / "wip"], "no run summaries found")]:
+                      ([tmp_path / "res" / "wip"], "no run or sweep summaries found")]:
         code, _, err = cli(["report", *args, "--out", tmp_path / "rep2"], capsys)
         assert code == 2 and msg in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------------
+# report: attribute-utility sweeps
+# ---------------------------------------------------------------------------------------------
+def md_section(md: str, title: str) -> str:
+    return next(s for s in md.split("\n## ") if s.startswith(title))
+
+
+def test_report_sweep_tables_headline_and_direction(tmp_path, capsys):
+    make_sweep(tmp_path, "sweep")
+    code, out, err = cli(["report", tmp_path / "sweep", "--out", tmp_path / "rep"], capsys)
+    assert code == 0, err
+    assert "0 runs, 0 table(s), 0 rows, 1 sweep(s)" in out
+    md = (tmp_path / "rep" / "leaderboard.md").read_text()
+    sec = md_section(md, "reasoning_length sweep — tiny-llama")
+    assert "## Runs" not in md and "## Sweeps" in md
+    # direction: length is lower-is-better, and the headline says which sign is an improvement
+    assert "Attribute `length` (lower is better)" in sec
+    assert "lower is better, so a negative gain is an improvement" in sec
+    # operating point chosen on val (alpha=0.3: +100 over steering's front at utility 49), reported on test
+    assert ("* steer2edit: operating point steer2edit[alpha=0.3] s=1 (gain on val -100.0); gain on test -100.0 "
+            "(attribute 105.0 vs steering 205.0 at utility 49.0)") in sec
+    # hypervolume per method with the original model, above (lowest utility, worst length) on test
+    assert "* test: steer2edit 1550.0, steering 800.0 (reference point: utility 40.0, attribute 255.0)" in sec
+    # a table per split, test first
+    assert sec.index("#### test") < sec.index("#### val")
+    test_tab = sec.split("#### test")[1].split("#### val")[0]
+    assert "| method | config | attribute | utility | accuracy | wikitext_ppl | pareto | n | code |" in test_tab
+    assert "arc_easy_acc" not in test_tab  # per-task accuracies: json only
+    rows = [l for l in test_tab.splitlines() if l.startswith("| ") and "---" not in l][1:]
+    assert [r.split(" | ")[1] for r in rows] == ["original model", "s=1; alpha=0.3", "s=1; alpha=0.6", "s=0.5", "s=1"]
+    assert rows[1] == ("| steer2edit | s=1; alpha=0.3 | 105.0 [100.0, 110.0] | 49.0 [44.0, 54.0] (n=6) | "
+                       "10.0 [5.0, 15.0] | 300.0 [295.0, 305.0] (n=1) | * | 4 | feedbee |")
+    cells = [c.strip() for c in rows[2].split("|")]
+    assert cells[5] == MISSING and cells[7] == "*"  # accuracy not reported for that point; on the test front
+    assert [c.strip() for c in rows[3].split("|")][7] == ""  # steering s=0.5 is dominated on test
+    assert f"{MISSING} in test column `accuracy`: not reported for steer2edit s=1; alpha=0.6." in sec
+    assert "![trade-off S1 (test)](figures/sweep-S1-" in sec
+    board = json.loads((tmp_path / "rep" / "leaderboard.json").read_text())
+    assert board["groups"] == [] and board["runs"] == {}
+    (sw,) = board["sweep_groups"][0]["sweeps"]
+    assert list(sw["splits"]) == ["test", "val"] and sw["higher_is_better"] is False
+    assert sw["matched_utility"]["steer2edit"]["gain_test"] == pytest.approx(-100.0)
+    assert sw["splits"]["test"]["rows"][0]["metrics"]["arc_easy_acc"]["mean"] == 50.0
+    assert sw["provenance"]["data_files"] == {"/data/gsm8k/test.jsonl": "c" * 64,
+                                              "/data/utility/arc_easy_test.jsonl": "d" * 64}
+    assert (tmp_path / "rep" / sw["figure"]).is_file()
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 1 and page.count('data-sweep="S1"') == 10
+    assert "lower is better, so a negative gain is an improvement" in page and 'id="prov-S1"' in page
+
+
+def test_report_sweeps_and_runs_in_separate_sections(tmp_path, capsys):
+    make_run(tmp_path / "res", "run")
+    make_sweep(tmp_path / "res", "sweep-a")
+    make_sweep(tmp_path / "res", "sweep-b", limit=8)  # same benchmark and model, other protocol
+    make_sweep(tmp_path / "res", "tqa", benchmark="truthfulqa", attribute="truthful", higher=True)
+    code, out, err = cli(["report", tmp_path / "res", "--out", tmp_path / "rep"], capsys)
+    assert code == 0, err
+    assert "1 runs, 1 table(s), 2 rows, 3 sweep(s)" in out
+    board = json.loads((tmp_path / "rep" / "leaderboard.json").read_text())
+    assert [g["title"] for g in board["groups"]] == ["counterfact / edit — smollm2-135m"]
+    assert [r["method"] for r in board["groups"][0]["rows"]] == ["unedited (pre-edit)", "steer2edit"]
+    titles = [g["title"] for g in board["sweep_groups"]]
+    assert titles == ["reasoning_length sweep — tiny-llama (protocol A)", "reasoning_length sweep — tiny-llama "
+                      "(protocol B)", "truthfulqa sweep — tiny-llama"]
+    assert "sweep settings (limit 4 vs 8)" in board["sweep_groups"][0]["notes"][0]
+    md = (tmp_path / "rep" / "leaderboard.md").read_text()
+    assert "| steering |" not in md_section(md, "counterfact / edit")  # no sweep point in the run table
+    tqa = md_section(md, "truthfulqa sweep")
+    assert "Attribute `truthful` (higher is better)" in tqa and "so a positive gain is an improvement" in tqa
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 4  # the run group's figure + one per sweep
+    assert page.count('data-run="R1"') == 4 and page.count("data-sweep=") == 30
+
+
+def test_report_sweep_bad_input(tmp_path, capsys):
+    wip = tmp_path / "res" / "wip"
+    wip.mkdir(parents=True)
+    (wip / "config.json").write_text("{}")
+    (wip / "points.jsonl").write_text("")
+    make_sweep(tmp_path / "res", "ok")
+    code, out, _ = cli(["report", tmp_path / "res", "--out", tmp_path / "rep"], capsys)
+    assert code == 0 and "1 sweep(s)" in out and "no summary.json yet (sweep in progress or interrupted)" in out
+    nopoints = make_sweep(tmp_path, "nopoints")
+    (nopoints / "points.jsonl").unlink()
+    badpoint = make_sweep(tmp_path, "badpoint")
+    lines = (badpoint / "points.jsonl").read_text().splitlines()
+    (badpoint / "points.jsonl").write_text("\n".join([lines[0], '{"method": "x"}', *lines[2:]]) + "\n")
+    badjson = make_sweep(tmp_path, "badjson")
+    (badjson / "points.jsonl").write_text(lines[0] + "\n{not json\n" + lines[1] + "\n")
+    torn = make_sweep(tmp_path, "torn")  # a torn last line (being written) is no error
+    (torn / "points.jsonl").write_text("\n".join(lines) + '\n{"key": ')
+    assert cli(["report", torn, "--out", tmp_path / "rep-torn"], capsys)[0] == 0
+    badanalysis = make_sweep(tmp_path, "badanalysis")
+    s = json.loads((badanalysis / "summary.json").read_text())
+    s["analysis"]["splits"]["test"]["hypervolume"] = {"steering": "a lot"}
+    (badanalysis / "summary.json").write_text(json.dumps(s))
+    for d, msg in [(nopoints, "has no points.jsonl"), (badpoint, "points.jsonl: line 2 is not a sweep point"),
+                   (badjson, "points.jsonl: line 2 is not valid JSON"), (badanalysis, "malformed analysis")]:
+        code, _, err = cli(["report", d, "--out", tmp_path / "rep2"], capsys)
+        assert code == 2 and msg in err and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_report_on_a_real_sweep(tmp_path, capsys):
+    cfg = {"model": "tiny-llama", "benchmark": "truthfulqa", "out": str(tmp_path / "sweep"), "limit": 4,
+           "probe_limit": 4, "utility": {"tasks": ["arc_easy"], "limit": 3, "wikitext_windows": 1, "window": 16},
+           "methods": [{"name": "steering", "strengths": [0.5, 2]},
+                       {"name": "steer2edit", "grid": {"alpha": [0.3, 0.6]}}]}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["sweep", str(tmp_path / "sweep.yaml"), "--quiet"]) == 0
+    capsys.readouterr()
+    code, out, err = cli(["report", tmp_path / "sweep", "--out", tmp_path / "rep"], capsys)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "sweep" / "summary.json").read_text())
+    board = json.loads((tmp_path / "rep" / "leaderboard.json").read_text())
+    (g,) = board["sweep_groups"]
+    (sw,) = g["sweeps"]
+    assert g["title"] == "truthfulqa sweep — tiny-llama"
+    assert sw["matched_utility"] == summary["analysis"]["matched_utility"]
+    assert [len(t["rows"]) for t in sw["splits"].values()] == [5, 5]
+    assert {"attribute", "utility", "mc1", "mc2", "wikitext_ppl"} <= set(sw["columns"])
+    pareto = {q["key"] for q in summary["analysis"]["splits"]["test"]["pareto"]}
+    assert {r["key"] for r in sw["splits"]["test"]["rows"] if r["pareto"]} == pareto
+    op = summary["analysis"]["matched_utility"]["steer2edit"]["operating_point"]["label"]
+    md = (tmp_path / "rep" / "leaderboard.md").read_text()
+    assert f"* steer2edit: operating point {op} s=1" in md and "(higher is better)" in md
+    assert "TruthfulQA.csv" in md and summary["versions"]["git_commit"][:7] in md
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 1 and "data-sweep=" in page
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,6 +523,7 @@ class _DomStats(HTMLParser):
     def __init__(self):
         super().__init__()
         self.root_attrs, self.rows, self.data_imgs, self.svgs, self.sortable_tables = {}, [], 0, 0, 0
+        self.sweep_rows = 0
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
@@ -357,6 +531,8 @@ class _DomStats(HTMLParser):
             self.root_attrs = a
         elif tag == "tr" and "data-run" in a:
             self.rows.append((a["data-run"], a.get("class")))
+        elif tag == "tr" and "data-sweep" in a:
+            self.sweep_rows += 1
         elif tag == "img" and (a.get("src") or "").startswith("data:image/"):
             self.data_imgs += 1
         elif tag == "svg":
@@ -371,6 +547,7 @@ def test_index_html_renders_in_headless_chromium(tmp_path):
     make_run(tmp_path / "runs", "s2e", points={0.5: CF, 1.0: {**CF, "efficacy": 70.0, "score": 65.0}})
     make_run(tmp_path / "runs", "steer", method="steering", points={0.1: {**CF, "score": 20.0}})
     make_run(tmp_path / "runs", "other", method="ft", split="rome500")
+    make_sweep(tmp_path / "runs", "sweep")
     write_report([tmp_path / "runs"], tmp_path / "rep")
     page = tmp_path / "rep" / "index.html"
     assert not re.search(r'(src|href)="(https?:)?//', page.read_text())  # nothing to fetch from a network
@@ -384,7 +561,7 @@ def test_index_html_renders_in_headless_chromium(tmp_path):
     dom.feed(proc.stdout)
     # the script ran: it registered the sort handlers and its self-test sorted a metric column
     assert "data-js-error" not in dom.root_attrs, dom.root_attrs
-    assert int(dom.root_attrs.get("data-sortable-ready", "0")) >= 4
+    assert int(dom.root_attrs.get("data-sortable-ready", "0")) >= 6
     assert dom.root_attrs.get("data-selftest") == "ok:score"
     # runs: R1 = other (rome500), R2 = s2e, R3 = steer; each group has a headline and an other-metrics table
     edit = [("R2", "pre"), ("R2", "post"), ("R2", "post"), ("R3", "post")]
@@ -392,7 +569,8 @@ def test_index_html_renders_in_headless_chromium(tmp_path):
     assert sorted(dom.rows) == sorted(edit * 2 + rome * 2)
     # the self-test sorted the first table by score, descending: 65 (R2 s=1), 50 (R2 s=0.5), 40 (pre-edit), 20 (R3)
     assert dom.rows[:4] == [("R2", "post"), ("R2", "post"), ("R2", "pre"), ("R3", "post")]
-    assert dom.data_imgs == 2  # one trade-off figure per table group, inline
+    assert dom.data_imgs == 3  # one trade-off figure per table group and per sweep, inline
+    assert dom.sweep_rows == 10  # the sweep's points: 5 per split
     shot = tmp_path / "shot.png"
     proc = subprocess.run([*cmd[:-2], "--window-size=1280,2000", f"--screenshot={shot}", page.as_uri()],
                           capture_output=True, text=True, timeout=180, cwd=tmp_path)
