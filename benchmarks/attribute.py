@@ -77,12 +77,18 @@ class AttributeBenchmark(Benchmark):
     fractions: ClassVar[Mapping[str, float]] = {"probe": 0.4, "val": 0.2, "test": 0.4}
     #: further per-item numeric fields aggregated alongside the attribute (e.g. MC1, accuracy)
     extra_metrics: ClassVar[tuple[str, ...]] = ()
+    #: benchmark options (``benchmark_options`` of a sweep) and their defaults
+    default_options: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, data_root: str | Path | None = None, split: str | None = None, seed: int = 0,
                  options: Mapping[str, Any] | None = None):
         super().__init__(data_root, split)
         self.seed = seed
-        self.options = dict(options or {})
+        unknown = sorted(set(options or {}) - set(self.default_options))
+        if unknown:
+            have = ", ".join(self.default_options) or "none"
+            raise ConfigError(f"benchmark '{self.name}' has no option '{unknown[0]}' (has: {have})")
+        self.options = {**self.default_options, **(options or {})}
 
     # -- data ----------------------------------------------------------------------------------
     def pool(self) -> list[dict]:

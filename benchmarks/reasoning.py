@@ -17,13 +17,12 @@ import numpy as np
 
 from harness.data import data_file
 from harness.directions import ProbeExample, ProbeSet
-from harness.errors import ConfigError, DataError
+from harness.errors import DataError
 from harness.scoring import generate
 
 from .attribute import AttributeBenchmark, format_instruction, read_jsonl
 
 FILES = {"train": "gsm8k/train.jsonl", "test": "gsm8k/test.jsonl"}
-OPTIONS = {"max_new_tokens": 256, "probe_pool": 400}
 _NUM = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
@@ -61,13 +60,10 @@ class ReasoningLength(AttributeBenchmark):
     scale = 1.0
     fractions = {"val": 0.3, "test": 0.7}
     extra_metrics = ("accuracy", "hit_budget")
+    default_options = {"max_new_tokens": 256, "probe_pool": 400}
 
     def __init__(self, data_root=None, split=None, seed: int = 0, options=None):
         super().__init__(data_root, split, seed, options)
-        unknown = set(self.options) - set(OPTIONS)
-        if unknown:
-            raise ConfigError(f"benchmark 'reasoning_length' has no option '{sorted(unknown)[0]}' (has: {', '.join(OPTIONS)})")
-        self.options = {**OPTIONS, **self.options}
         self._pool: dict[str, list[dict]] = {}
 
     def data_files(self):

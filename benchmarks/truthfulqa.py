@@ -17,7 +17,7 @@ from typing import Sequence
 
 from harness.data import data_file
 from harness.directions import ProbeExample, ProbeSet
-from harness.errors import ConfigError, DataError
+from harness.errors import DataError
 from harness.scoring import score_choices
 
 from .attribute import AttributeBenchmark
@@ -37,8 +37,6 @@ class TruthfulQA(AttributeBenchmark):
 
     def __init__(self, data_root=None, split=None, seed: int = 0, options=None):
         super().__init__(data_root, split, seed, options)
-        if self.options:
-            raise ConfigError(f"benchmark 'truthfulqa' has no option '{sorted(self.options)[0]}'")
         self._pool: list[dict] | None = None
 
     def data_files(self):
