@@ -23,6 +23,13 @@ edits, changing no weights.
   is in scope when some prompt position's state there has cosine similarity >= ``gate_threshold``
   with some key. Out-of-scope rows get nothing added (bit-identical
   to the unedited model). ``gate_layer`` must precede the region.
+* gate similarity (``gate_norm=standardize``, default): keys and queries are standardised per
+  dimension by the mean and std of the gate layer's states over fixed neutral sentences
+  (``BACKGROUND``, every token but the first) before the cosine. Raw cosines are dominated by a few
+  outlier dimensions the residual stream shares across all tokens: on Gemma-3-270M every
+  neighbourhood prompt scored >= 0.9 against the keys, so the gate let every prompt through
+  (specificity 0); ``scripts/gate_check.py`` measures the separation. ``gate_norm=none`` keeps the
+  raw cosine.
 """
 
 from __future__ import annotations
@@ -45,6 +52,21 @@ from .base import Method
 
 CONTEXT_TEMPLATE = "New fact: {prompt} {new}.\n{prompt}"  # [recon] in-context statement of the edit
 TRAIN_PREFIXES = ("", "Here is a fact. ", "I read this: ")  # [recon] fixed neutral contexts
+# [recon] neutral text for the gate's per-dimension statistics (no CounterFact subjects)
+BACKGROUND = (
+    "The weather was mild and the streets were quiet in the morning.",
+    "She opened the book and began to read the first chapter aloud.",
+    "Prices rose slowly over the year as demand recovered.",
+    "The river runs through the valley before it reaches the sea.",
+    "After dinner they walked along the shore and talked about their plans.",
+    "A small committee will review the proposal next week.",
+    "The recipe calls for two cups of flour and a pinch of salt.",
+    "He repaired the old bicycle and painted it bright green.",
+    "Most of the students finished the exam before the bell rang.",
+    "The museum is closed on Mondays but open late on Fridays.",
+    "Scientists measured the temperature of the lake every hour.",
+    "The train was delayed because of snow on the tracks.",
+)
 
 
 def subject_last_token(tokenizer, prompt: str, subject: str) -> int:
@@ -61,6 +83,18 @@ def subject_last_token(tokenizer, prompt: str, subject: str) -> int:
     return inside[-1]
 
 
+def gate_similarity(h: torch.Tensor, mask: torch.Tensor, key: torch.Tensor,
+                    center: torch.Tensor | None, scale: torch.Tensor | None) -> torch.Tensor:
+    """Per position of one prompt (states ``h`` [T, d]): the best cosine with any (standardised) key;
+    -1 where ``mask`` is False (padding)."""
+    q = h.float()
+    if center is not None:
+        q = (q - center.to(q.device)) / scale.to(q.device)
+    keys = key.to(q.device).float().reshape(-1, q.shape[-1])
+    sim = torch.cosine_similarity(q.unsqueeze(1), keys.unsqueeze(0), dim=-1).amax(-1)
+    return torch.where(mask, sim, torch.full_like(sim, -1.0))
+
+
 def default_region(n_layers: int) -> tuple[int, ...]:
     lo, hi = round(0.5 * n_layers), max(round(0.8 * n_layers), round(0.5 * n_layers) + 1)
     return tuple(range(lo, min(hi, n_layers)))
@@ -70,8 +104,10 @@ def default_region(n_layers: int) -> tuple[int, ...]:
 class MegaIntervention(ActivationIntervention):
     """Region vectors plus the gate keys; row-batchable with a per-row, per-input scope gate."""
 
-    key: torch.Tensor | None = None  # [n_keys, d] (or [d]); None: always in scope
+    key: torch.Tensor | None = None  # [n_keys, d] (or [d]), already standardised; None: always in scope
     gate_layer: int = 0
+    gate_center: torch.Tensor | None = None  # [d]: queries become (h - center) / scale before the cosine
+    gate_scale: torch.Tensor | None = None
     gate_threshold: float = 0.8
     subject_positions: bool = False
     vectors: list[SteeringVector] = field(default_factory=list)
@@ -85,6 +121,10 @@ class MegaIntervention(ActivationIntervention):
 
     def uniform(self, lm, strength: float = 1.0):
         return nullcontext(), lambda b: self.apply_rows(lm, [(self, strength)] * b.input_ids.shape[0], b)
+
+    def extra_numel(self) -> int:
+        # the gate keys are stored per edit too; the standardisation statistics are per model
+        return super().extra_numel() + (self.key.numel() if self.key is not None else 0)
 
     @staticmethod
     @contextmanager
@@ -108,10 +148,7 @@ class MegaIntervention(ActivationIntervention):
                 if iv.key is None:
                     gate[r] = 1.0
                     continue
-                keys = iv.key.to(h.device).float().reshape(-1, h.shape[-1])
-                sim = torch.cosine_similarity(h[r].float().unsqueeze(1), keys.unsqueeze(0), dim=-1).amax(-1)
-                sim = torch.where(prompt_mask[r], sim, torch.full_like(sim, -1.0))
-                hit = sim >= iv.gate_threshold
+                hit = gate_similarity(h[r], prompt_mask[r], iv.key, iv.gate_center, iv.gate_scale) >= iv.gate_threshold
                 gate[r] = float(hit.any())
                 match[r] = hit
             state["gate"], state["match"] = gate, match
@@ -172,6 +209,7 @@ class MEGA(Method):
         gate: bool = True
         gate_layer: int | None = None  # default: 1/6 of the depth (must precede the region)
         gate_threshold: float = 0.8
+        gate_norm: str = "standardize"  # standardize | none (raw cosine)
         stop_nll: float = 0.05  # optimize: stop early once the mean target_new token NLL is below this
 
         def __post_init__(self):
@@ -181,6 +219,8 @@ class MEGA(Method):
                 raise ConfigError(f"positions must be 'last' or 'last+subject', got {self.positions!r}")
             if self.steps < 1 or self.lr <= 0 or self.norm_penalty < 0 or self.unlikelihood < 0:
                 raise ConfigError("steps >= 1, lr > 0, norm_penalty >= 0 and unlikelihood >= 0 are required")
+            if self.gate_norm not in ("standardize", "none"):
+                raise ConfigError(f"gate_norm must be 'standardize' or 'none', got {self.gate_norm!r}")
             if not -1.0 <= self.gate_threshold <= 1.0:
                 raise ConfigError(f"gate_threshold is a cosine similarity in [-1, 1], got {self.gate_threshold}")
 
@@ -205,6 +245,9 @@ class MEGA(Method):
         self.gate_layer = max(1, n // 6) if p.gate_layer is None else p.gate_layer
         if p.gate and not 0 <= self.gate_layer < min(self.region):
             raise ConfigError(f"method 'mega': gate_layer {self.gate_layer} must precede the region {list(self.region)}")
+        self.gate_center = self.gate_scale = None
+        if p.gate and p.gate_norm == "standardize":
+            self.gate_center, self.gate_scale = self._gate_stats()
 
     # ------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -219,7 +262,19 @@ class MEGA(Method):
         return torch.stack([cap.last(l)[rows, last] for l in self.region])
 
     @torch.no_grad()
-    def _key(self, request: EditRequest) -> torch.Tensor:
+    def _gate_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-dimension mean and std of the gate layer's states over ``BACKGROUND`` (first token out)."""
+        ad = self.lm.adapter
+        batch = _prompt_batch(self.lm, list(BACKGROUND))
+        with capture({"k": ad.layers[self.gate_layer]}) as cap:
+            ad.base(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        mask = batch.prompt_mask().clone()
+        mask[torch.arange(mask.shape[0]), mask.float().argmax(1)] = False  # each row's first token
+        x = cap.last("k")[mask].float()
+        return x.mean(0), x.std(0).clamp_min(1e-6 * float(x.std(0).max()) + 1e-12)
+
+    @torch.no_grad()
+    def gate_key(self, request: EditRequest) -> torch.Tensor:
         """Gate keys ``[len(TRAIN_PREFIXES), d]``: the subject's last-token state under each prefix."""
         ad = self.lm.adapter
         prompts = [pre + request.prompt for pre in TRAIN_PREFIXES]
@@ -228,7 +283,20 @@ class MEGA(Method):
         with capture({"k": ad.layers[self.gate_layer]}) as cap:
             ad.base(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
         h = cap.last("k")
-        return torch.stack([h[i, j] for i, j in enumerate(pos)]).float().clone()  # right-padded rows
+        key = torch.stack([h[i, j] for i, j in enumerate(pos)]).float()  # right-padded rows
+        if self.gate_center is not None:
+            key = (key - self.gate_center) / self.gate_scale
+        return key.clone()
+
+    @torch.no_grad()
+    def gate_scores(self, key: torch.Tensor, prompts: Sequence[str]) -> list[float]:
+        """The gate's decision statistic for each prompt: its best position's similarity to ``key``."""
+        batch = _prompt_batch(self.lm, list(prompts))
+        with capture({"k": self.lm.adapter.layers[self.gate_layer]}) as cap:
+            self.lm.adapter.base(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        mask = batch.prompt_mask()
+        return [float(gate_similarity(cap.last("k")[r], mask[r], key, self.gate_center, self.gate_scale).max())
+                for r in range(len(prompts))]
 
     def _contrast(self, request: EditRequest) -> torch.Tensor:
         ctx = CONTEXT_TEMPLATE.format(prompt=request.prompt, new=request.target_new)
@@ -265,8 +333,9 @@ class MEGA(Method):
     def fit_edit(self, request: EditRequest) -> MegaIntervention:
         deltas = self._optimize(request) if self.params.mode == "optimize" else self._contrast(request)
         vectors = [SteeringVector(l, "attn", deltas[i].to(self.lm.dtype), "last") for i, l in enumerate(self.region)]
-        return MegaIntervention(vectors=vectors, key=self._key(request) if self.params.gate else None,
+        return MegaIntervention(vectors=vectors, key=self.gate_key(request) if self.params.gate else None,
                                 gate_layer=self.gate_layer, gate_threshold=self.params.gate_threshold,
+                                gate_center=self.gate_center, gate_scale=self.gate_scale,
                                 subject_positions=self.params.positions == "last+subject")
 
 

@@ -157,3 +157,36 @@ def test_mega_flips_a_real_edit():
     assert pre[0] > pre[1]  # unedited: Africa preferred
     assert post[0] < post[1] and post[2] < post[3]  # edited: Antarctica on the rewrite and a paraphrase
     assert post[4:] == pre[4:]  # the neighbour (another country) is untouched by the gate
+
+
+@pytest.mark.parametrize("gate_norm,leaks", [("none", True), ("standardize", False)])
+def test_gate_standardisation_ignores_a_shared_outlier_dimension(gate_norm, leaks):
+    """A huge dimension shared by every token (as in Gemma 3's residual stream) makes raw cosines ~1
+    for any pair of prompts; the standardised gate still keeps an unrelated prompt out of scope."""
+    from harness.hooks import hooked
+
+    lm = tiny("tiny-llama")
+
+    def outlier(_m, _i, out):  # the gate layer's output carries it...
+        h = out[0] if isinstance(out, tuple) else out
+        h = h.clone()
+        h[..., 0] += 1e4
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+
+    def remove(_m, args, kwargs):  # ...and the next layer never sees it, so the model is unchanged
+        if args:
+            return (args[0] - torch.eye(args[0].shape[-1])[0] * 1e4, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": kwargs["hidden_states"] - torch.eye(kwargs["hidden_states"].shape[-1])[0] * 1e4}
+
+    out_scope = [ScoreRequest("Paris is the capital of", "France")]
+    with hooked(lm.adapter.layers[1], outlier), hooked(lm.adapter.layers[2], remove, "pre_kwargs"):
+        base = _score(lm, None, out_scope)
+        iv = MEGA(lm, {"mode": "contrast", "layers": "2", "gate_layer": "1", "gate_threshold": "0.99",
+                       "gate_norm": gate_norm}).fit_edit(REQ)
+        steered = _score(lm, iv, out_scope, s=3.0)
+        in_scope = _score(lm, iv, [ScoreRequest(REQ.prompt, REQ.target_new)], s=3.0)
+    assert (steered != base) is leaks
+    assert in_scope != _score(lm, None, [ScoreRequest(REQ.prompt, REQ.target_new)])  # the edit itself still applies
+    assert iv.extra_numel() == iv.vectors[0].vector.numel() + iv.key.numel()
+    with pytest.raises(ConfigError, match="gate_norm"):
+        MEGA(lm, {"gate_norm": "zscore"})
