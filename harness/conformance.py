@@ -671,7 +671,10 @@ def cmd_check_method(a: argparse.Namespace) -> int:
     print(format_table(results))
     failed = [r.name for r in results if not r.passed]
     took = time.perf_counter() - t0
-    print(f"\n{len(results) - len(failed)}/{len(results)} checks passed in {took:.1f} s"
+    skipped = [r.name for r in results if r.skipped]
+    ran = len(results) - len(skipped)
+    print(f"\n{ran - len(failed)}/{ran} checks passed in {took:.1f} s"
+          + (f"; skipped (not applicable): {', '.join(skipped)}" if skipped else "")
           + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 
