@@ -245,5 +245,5 @@ def format_table(summary: dict) -> str:
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     pre_s = next(iter(points.values()))["seconds_per_case"]["pre_eval"]
     secs = [f"{p['seconds_per_case']['fit'] + p['seconds_per_case']['eval']:.3f}" for p in points.values()]
-    lines.append(f"| seconds/case (fit+eval) | {pre_s:.3f} | " + " | ".join(secs) + " |")
+    lines.append(f"| seconds/case (pre: eval; post: fit+eval, 0 when reused) | {pre_s:.3f} | " + " | ".join(secs) + " |")
     return "\n".join(lines)
