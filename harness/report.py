@@ -200,6 +200,11 @@ class Run:
 
     @property
     def code_version(self) -> str:
+        """The code that produced the records (several when a resume spanned commits); older
+        summaries without ``record_code`` fall back to the versions of their last invocation."""
+        rc = self.summary.get("record_code")
+        if rc:
+            return ", ".join(sorted({_code_version(c) for c in rc}))
         return _code_version(self.summary.get("versions") or {})
 
     def strengths(self) -> list[str]:
@@ -560,6 +565,7 @@ def provenance(run: Run) -> dict:
             "benchmark": run.benchmark, "split": run.split,
             "data_files": (s.get("data") or {}).get("files") or {}, "model": s.get("model") or {},
             "versions": s.get("versions") or {}, "code_version": run.code_version,
+            "record_code": s.get("record_code") or [],
             "wall_seconds_last_invocation": s.get("wall_seconds_this_invocation"), "config": run.config}
 
 
@@ -1169,7 +1175,9 @@ def render_html(board: dict, figures: dict[int, list[tuple[str, bytes]]], drill:
                 ("model", f"{m.get('model_id')} ({m.get('model_type', '?')}, {m.get('dtype', '?')}, "
                           f"{m.get('device', '?')})"),
                 ("model weights sha256", m.get("weights_sha256")), ("model source", m.get("source")),
-                ("code", _code_line(v)), ("versions", _versions_line(v)),
+                ("code (last invocation)", _code_line(v)),
+                *[("code of records", f"{_code_line(c)}: {c.get('n_records')} records") for c in pv["record_code"]],
+                ("versions", _versions_line(v)),
                 ("wall seconds (last invocation)", pv["wall_seconds_last_invocation"])]
         out.append(_html_prov_table(rid, pv["method"], rows, pv["config"], f"run-{_e(rid)}"))
     for g in board["sweep_groups"]:

@@ -85,14 +85,19 @@ def parse_strengths(text: str) -> list[float]:
     return out
 
 
+#: what computes results: local changes here make a run "dirty"; edits to results/, docs or scripts
+#: (e.g. resuming a committed run directory) do not.
+CODE_PATHS = ("harness", "methods", "benchmarks", "pyproject.toml")
+
+
 def git_state() -> dict:
-    """Commit of the harness source (when run from a checkout) and whether it has local changes."""
+    """Commit of the harness source (when run from a checkout) and whether its code has local changes."""
     root = Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=10).stdout.strip()
-        dirty = bool(subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
+        dirty = bool(subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
+                                     *CODE_PATHS], capture_output=True, text=True, timeout=10).stdout.strip())
     except (OSError, subprocess.SubprocessError):
         commit, dirty = "", False
     return {"commit": commit or "unknown", "dirty": dirty}
@@ -106,6 +111,23 @@ def versions() -> dict:
     return {"editbench": __version__, **{f"git_{k}": v for k, v in git_state().items()},
             "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "numpy": numpy.__version__}
+
+
+def code_version(v: dict) -> dict:
+    """The part of :func:`versions` that identifies the code (stored with every record)."""
+    return {k: x for k, x in v.items() if k == "editbench" or k.startswith("git_")}
+
+
+def record_code_counts(records: list[dict], fallback: dict | None) -> list[dict]:
+    """Which code produced the records: one entry per distinct code version with its record count.
+    Records written before editbench stored ``code`` per record take ``fallback`` (the previous
+    summary's versions), so a resume never relabels old records with the new commit."""
+    counts: dict[str, int] = {}
+    for r in records:
+        c = r.get("code") or code_version(fallback or {"git_commit": "unknown"})
+        key = json.dumps(c, sort_keys=True)
+        counts[key] = counts.get(key, 0) + 1
+    return [{**json.loads(k), "n_records": n} for k, n in counts.items()]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,6 +183,13 @@ class RunDir:
             f.flush()
             os.fsync(f.fileno())
 
+    def read_summary(self) -> dict | None:
+        """The summary written by an earlier invocation, or None (missing or unreadable)."""
+        try:
+            return json.loads(self.summary_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
     def write_summary(self, summary: dict) -> None:
         tmp = self.summary_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(summary, indent=2, sort_keys=True))
@@ -190,6 +219,8 @@ def execute(cfg: RunConfig, progress: bool = True, on_chunk: Callable[[int], Non
     out.check_or_write_config(resolved)
 
     existing = out.read_records()
+    previous_versions = (out.read_summary() or {}).get("versions")
+    code = code_version(code_versions)
     done = {(r["case_id"], r["strength"]) for r in existing}
     todo = {c.case_id: [s for s in cfg.strengths if (c.case_id, s) not in done] for c in cases}
     pending = [c for c in cases if todo[c.case_id]]
@@ -200,7 +231,7 @@ def execute(cfg: RunConfig, progress: bool = True, on_chunk: Callable[[int], Non
                desc=f"{cfg.method} on {cfg.benchmark}", file=sys.stderr)
     for start in range(0, len(pending), cfg.chunk_size):
         chunk = pending[start:start + cfg.chunk_size]
-        records = [r for r in evaluator.evaluate(chunk, todo) if (r["case_id"], r["strength"]) not in done]
+        records = [{**r, "code": code} for r in evaluator.evaluate(chunk, todo) if (r["case_id"], r["strength"]) not in done]
         out.append(records)
         done |= {(r["case_id"], r["strength"]) for r in records}
         existing += records
@@ -213,7 +244,8 @@ def execute(cfg: RunConfig, progress: bool = True, on_chunk: Callable[[int], Non
     mine = [r for r in existing if r["case_id"] in wanted and r["strength"] in cfg.strengths]
     summary = {
         "config": resolved,
-        "versions": code_versions,
+        "versions": code_versions,  # of this invocation; record_code: of the records summarised
+        "record_code": record_code_counts(mine, previous_versions),
         "model": lm.provenance(),
         "model_numel": sum(p.numel() for p in lm.model.parameters()),
         "data": bench.provenance(),

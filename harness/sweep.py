@@ -33,7 +33,7 @@ from . import registry
 from .errors import ConfigError, DataError
 from .interventions import NoIntervention
 from .models import DEFAULT_MODEL
-from .runner import RunDir, versions
+from .runner import RunDir, code_version, versions
 from .utility import UtilityConfig, UtilitySuite
 
 
@@ -242,7 +242,7 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> dict:
         os.replace(tmp, items_path)
 
     run_versions = versions()  # taken at start: the code that runs is the code at start
-    code = {k: v for k, v in run_versions.items() if k == "editbench" or k.startswith("git_")}  # per point: resumes may span commits
+    code = code_version(run_versions)  # per point: resumes may span commits
     todo = [("unedited", {}, 0.0, None)] + [(s.name, p, st, m) for s, p, m in planned for st in s.strengths]
     bar = tqdm(total=2 * len(todo), unit="point", disable=not progress, desc=f"sweep {cfg.benchmark}")
     fitted_cache: dict[str, Any] = {}

@@ -52,6 +52,29 @@ def test_resume_no_duplicates_and_torn_line(cf_root, tmp_path, capsys):
     assert (out / "cases.jsonl").read_text().splitlines() == lines
 
 
+def test_resume_keeps_code_version_of_older_records(cf_root, tmp_path, capsys):
+    """A resume must not relabel records computed by other code with the current commit."""
+    from harness.report import Run
+
+    out = tmp_path / "run"
+    base = ["run", *TINY, "--data-root", str(cf_root), "--out", str(out)]
+    assert run([*base, "--limit", "2"], capsys)[0] == 0
+    summ = json.loads((out / "summary.json").read_text())
+    now = {k: v for k, v in summ["versions"].items() if k == "editbench" or k.startswith("git_")}
+    assert summ["record_code"] == [{**now, "n_records": 2}]
+    assert all(json.loads(l)["code"] == now for l in (out / "cases.jsonl").read_text().splitlines())
+    # pretend the first two records came from an older editbench that stored no per-record code
+    old = {"editbench": "0.0.9", "git_commit": "abcdef0123456789", "git_dirty": False}
+    lines = [json.loads(l) for l in (out / "cases.jsonl").read_text().splitlines()]
+    (out / "cases.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "code"}) + "\n" for r in lines))
+    (out / "summary.json").write_text(json.dumps({**summ, "versions": {**summ["versions"], **old}}))
+    assert run([*base, "--limit", "3"], capsys)[0] == 0
+    summ = json.loads((out / "summary.json").read_text())
+    by_commit = {c["git_commit"]: c["n_records"] for c in summ["record_code"]}
+    assert by_commit == {"abcdef0123456789": 2, now["git_commit"]: 1}
+    assert "abcdef0" in Run("R1", out, summ).code_version.split(", ")
+
+
 def test_config_mismatch_refused_and_kept(cf_root, tmp_path, capsys):
     out = tmp_path / "run"
     assert run(["run", *TINY, "--data-root", str(cf_root), "--out", str(out), "--limit", "2"], capsys)[0] == 0
