@@ -21,6 +21,7 @@ import numpy as np
 
 from . import registry
 from .attribution import block_importance
+from .figures import save_figure
 from .models import LoadedModel
 from .runner import RunDir, versions
 from .scoring import ScoreRequest, score_targets
@@ -83,8 +84,8 @@ def draw(table: dict, n_layers: int, path: Path) -> None:
     for ax in axes[1]:
         ax.set_xlabel("layer")
     fig.tight_layout()
-    fig.savefig(path.with_suffix(".png"), dpi=130)
-    fig.savefig(path.with_suffix(".svg"))
+    save_figure(fig, path.with_suffix(".png"), dpi=130)
+    save_figure(fig, path.with_suffix(".svg"))
     plt.close(fig)
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .errors import EditbenchError
+from .figures import save_figure
 from .tradeoff import varying_params
 
 MISSING = "—"
@@ -831,8 +832,8 @@ def tradeoff_figure(group: dict, runs: dict[str, Run]) -> tuple[str, bytes, str]
                frameon=False)
     fig.suptitle(group["title"], fontsize=10)
     png, svg = io.BytesIO(), io.StringIO()
-    fig.savefig(png, format="png")
-    fig.savefig(svg, format="svg")
+    save_figure(fig, png, "png")
+    save_figure(fig, svg, "svg")
     title = "trade-off: " + ", ".join(f"{y} vs {x}" for x, y in pairs)
     return title, png.getvalue(), svg.getvalue()
 

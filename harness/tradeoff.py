@@ -20,6 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .figures import save_figure
+
 Point = dict
 
 
@@ -240,7 +242,7 @@ def plot_panels(panels: Sequence[tuple[str, Sequence[Point], dict]], path_stem: 
     fig.tight_layout()
     paths = [path_stem.with_suffix(".png"), path_stem.with_suffix(".svg")]
     for p in paths:
-        fig.savefig(p, dpi=150)
+        save_figure(fig, p, dpi=150)
     plt.close(fig)
     return paths
 

@@ -167,6 +167,20 @@ def test_report_tables(tmp_path, capsys):
     assert list((tmp_path / "rep" / "figures").glob("*.png"))
 
 
+def test_report_is_byte_reproducible(tmp_path, capsys):
+    """Regenerating a report from the same runs rewrites identical files (figures carry no date and
+    no random SVG ids), so committed reports only change when a number does."""
+    make_run(tmp_path / "runs", "s2e", points={0.5: CF, 1.0: {**CF, "efficacy": 70.0}}, params={"rho_attn": 0.3})
+    outs = []
+    for name in ("a", "b"):
+        code, _, err = cli(["report", tmp_path / "runs", "--out", tmp_path / name], capsys)
+        assert code == 0, err
+        outs.append({p.relative_to(tmp_path / name): p.read_bytes()
+                     for p in sorted((tmp_path / name).rglob("*")) if p.is_file()})
+    assert any(p.suffix == ".svg" for p in outs[0])
+    assert outs[0] == outs[1]
+
+
 def test_missing_metric_is_shown_as_missing(tmp_path, capsys):
     make_run(tmp_path, "gen", points={1.0: {**CF, "fluency": 600.0}})
     make_run(tmp_path, "nogen", method="steering", points={1.0: CF})
