@@ -2,7 +2,7 @@
 # Regenerate the committed CounterFact reference results under results/ (100 cases of the `edit`
 # split). Each run directory is resumable; delete it to recompute from scratch.
 # Usage: [MODEL=smollm2-135m|gemma3-270m] bash scripts/reference_results.sh [EDITBENCH_BIN]
-#   (SmolLM2: about an hour on 2 CPU cores; Gemma-3-270M: about 20 minutes)
+#   (SmolLM2: about an hour on 2 CPU cores; Gemma-3-270M: about 15 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EB=${1:-.venv/bin/editbench}
