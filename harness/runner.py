@@ -242,6 +242,9 @@ def execute(cfg: RunConfig, progress: bool = True, on_chunk: Callable[[int], Non
 
     wanted = {c.case_id for c in cases}
     mine = [r for r in existing if r["case_id"] in wanted and r["strength"] in cfg.strengths]
+    if len(mine) < len(existing):  # e.g. a smaller --limit than before: say so, never drop records
+        print(f"note: {out.path} holds {len(existing) - len(mine)} record(s) outside this selection; they stay "
+              f"in cases.jsonl, the summary covers the {len(cases)} selected case(s)", file=sys.stderr)
     summary = {
         "config": resolved,
         "versions": code_versions,  # of this invocation; record_code: of the records summarised

@@ -50,6 +50,11 @@ def test_resume_no_duplicates_and_torn_line(cf_root, tmp_path, capsys):
     # a complete rerun does nothing new
     assert run(base, capsys)[0] == 0
     assert (out / "cases.jsonl").read_text().splitlines() == lines
+    # a smaller --limit summarises the selected cases only, says so, and keeps every record
+    code, _, err = run([*base, "--limit", "2"], capsys)
+    assert code == 0 and "holds 4 record(s) outside this selection" in err
+    assert (out / "cases.jsonl").read_text().splitlines() == lines
+    assert json.loads((out / "summary.json").read_text())["n_cases"] == 2
 
 
 def test_resume_keeps_code_version_of_older_records(cf_root, tmp_path, capsys):
