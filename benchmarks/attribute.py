@@ -116,5 +116,8 @@ class AttributeBenchmark(Benchmark):
         """Per-item records ``{"item_id", "value", ...}`` under ``context`` = (outer, batch_context)."""
         raise NotImplementedError
 
-    def make_evaluator(self, lm, method, **options):
+    def check_runnable(self) -> None:
         raise ConfigError(f"benchmark '{self.name}' is an attribute benchmark: run it with `editbench sweep CONFIG.yaml`")
+
+    def make_evaluator(self, lm, method, **options):
+        self.check_runnable()

@@ -31,6 +31,10 @@ class Benchmark:
     def load(self, limit: int | None = None) -> Sequence:
         raise NotImplementedError
 
+    def check_runnable(self) -> None:
+        """Raise ConfigError when `editbench run` cannot evaluate this benchmark (called before
+        anything is loaded or written)."""
+
     def make_evaluator(self, lm, method, **options):
         raise NotImplementedError
 

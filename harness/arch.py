@@ -175,3 +175,12 @@ class ArchAdapter:
             "hidden_size": self.hidden_size,
             "intermediate_size": self.intermediate_size,
         }
+
+
+def adapter_of(model: "ArchAdapter | nn.Module | object") -> ArchAdapter:
+    """The adapter for a LoadedModel (its ``.adapter``), an ArchAdapter, or a bare transformers model."""
+    if isinstance(model, ArchAdapter):
+        return model
+    if isinstance(getattr(model, "adapter", None), ArchAdapter):
+        return model.adapter  # type: ignore[attr-defined]
+    return ArchAdapter(model)  # type: ignore[arg-type]

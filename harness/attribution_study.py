@@ -21,6 +21,7 @@ import numpy as np
 
 from . import registry
 from .attribution import block_importance
+from .errors import ConfigError
 from .figures import save_figure
 from .models import LoadedModel
 from .runner import RunDir, versions
@@ -32,7 +33,12 @@ PANELS = (("promote_new", "promote o*  (Imp for o*)"), ("suppress_old", "suppres
 def study_case(lm: LoadedModel, editor, case) -> dict:
     r = case.request
     iv = editor.fit_edit(r)
-    with iv.apply(lm, 1.0):
+    outer, per_batch = iv.uniform(lm, 1.0)
+    if per_batch is not None:  # e.g. MEGA: its vectors depend on each prompt's positions and gate
+        raise ConfigError(f"attribute: editor '{editor.name}' edits per prompt (position- or gate-dependent "
+                          "activations); the study needs a whole-model edit: use a weight editor (ft, steer2edit) "
+                          "or steering")
+    with outer:
         new, true = score_targets(lm, [ScoreRequest(r.prompt, r.target_new), ScoreRequest(r.prompt, r.target_true)])
         imp = block_importance(lm, [r.prompt, r.prompt], [r.target_new, r.target_true])
     return {"case_id": case.case_id, "success": bool(true.nll > new.nll), "nll_new": new.nll, "nll_true": true.nll,
@@ -95,6 +101,10 @@ def run_study(lm: LoadedModel, cases, editor_name: str, editor_params: dict, out
 
     from .evaluator import seed_everything
 
+    n = lm.adapter.n_layers
+    if width is not None and not 1 <= width <= n - int(0.4 * n):
+        raise ConfigError(f"attribute: --width must be between 1 and {n - int(0.4 * n)} (the layers at >= 40% "
+                          f"depth of this {n}-layer model), got {width}")
     editor = registry.load("method", editor_name)(lm, editor_params, seed=seed)
     rd = RunDir(out)
     config = {"kind": "attribution", "model": lm.model_id, "editor": editor_name, "split": split,

@@ -185,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     except EditbenchError as e:
         print(f"editbench: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # file-system trouble (path is a file, permission, disk full): one line
+        print(f"editbench: error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("editbench: interrupted; finished cases are saved, rerun the same command to resume", file=sys.stderr)
         return 130

@@ -18,6 +18,7 @@ from typing import ClassVar, ContextManager, Iterator, Literal, Sequence
 
 import torch
 
+from .arch import adapter_of
 from .hooks import add_to_output
 from .models import LoadedModel
 from .scoring import Batch, BatchContext
@@ -73,7 +74,8 @@ class WeightIntervention(Intervention):
     deltas: list[ColumnDelta]
 
     def apply(self, lm: LoadedModel, strength: float = 1.0) -> ContextManager:
-        return WeightEditTransaction(lm.adapter, self.deltas, scale=strength)
+        """``lm``: a LoadedModel, an ArchAdapter or a bare transformers model."""
+        return WeightEditTransaction(adapter_of(lm), self.deltas, scale=strength)
 
     def extra_numel(self) -> int:
         return sum(d.numel() for d in self.deltas)

@@ -207,6 +207,7 @@ def execute(cfg: RunConfig, progress: bool = True, on_chunk: Callable[[int], Non
     bench_cls = registry.load("benchmark", cfg.benchmark)
     method_cls = registry.load("method", cfg.method)
     bench = bench_cls(data_root=cfg.data_root, split=cfg.split)
+    bench.check_runnable()
     cfg.split = bench.split
     cases = bench.load(cfg.limit)  # validates data before anything is written
     out = RunDir(Path(cfg.out) if cfg.out else cfg.default_out())

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -88,6 +89,9 @@ class SweepConfig:
                 if bad:
                     raise ConfigError(f"method entry '{m['name']}' has no key '{bad[0]}' (name, params, grid, strengths)")
                 spec = MethodSpec(**m)
+                if not isinstance(spec.strengths, list) or any(
+                        isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in spec.strengths):
+                    raise ConfigError(f"method '{spec.name}': strengths must be a list of finite numbers, got {spec.strengths!r}")
                 spec.strengths = [float(s) for s in spec.strengths]
                 if not spec.strengths or any(not isinstance(v, list) or not v for v in spec.grid.values()):
                     raise ConfigError(f"method '{spec.name}': strengths and every grid entry must be non-empty lists")
@@ -95,8 +99,12 @@ class SweepConfig:
             d["methods"] = specs
             d["utility"] = UtilityConfig(**(d.get("utility") or {}))
             cfg = cls(**d)
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise ConfigError(f"invalid sweep config: {e}") from None
+        for key in ("limit", "probe_limit", "utility_edits", "batch_size", "seed"):
+            v = getattr(cfg, key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+                raise ConfigError(f"sweep config: '{key}' must be an integer, got {v!r}")
         if cfg.limit is not None and cfg.limit < 1 or cfg.utility_edits < 1 or cfg.batch_size < 1:
             raise ConfigError("limit, utility_edits and batch_size must be >= 1")
         return cfg

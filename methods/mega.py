@@ -35,6 +35,7 @@ edits, changing no weights.
 from __future__ import annotations
 
 import json
+import logging
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,22 +225,38 @@ class MEGA(Method):
             if not -1.0 <= self.gate_threshold <= 1.0:
                 raise ConfigError(f"gate_threshold is a cosine similarity in [-1, 1], got {self.gate_threshold}")
 
+    def _region_from_artifact(self, path: Path, n_layers: int) -> tuple:
+        """The region of an `editbench attribute` artifact; refuses one made for another layer count
+        and warns when it was made on other weights."""
+        if not path.is_file():
+            raise ConfigError(f"method 'mega': region_file {path} not found")
+        try:
+            art = json.loads(path.read_text())
+            region = tuple(art["region"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ConfigError(f"method 'mega': {path} is not an attribution artifact (no 'region' list)") from None
+        made_for = art.get("model") if isinstance(art.get("model"), dict) else {}
+        if made_for.get("n_layers") not in (None, n_layers):
+            raise ConfigError(f"method 'mega': {path} was made for a {made_for['n_layers']}-layer model "
+                              f"({made_for.get('model_id')}), this one has {n_layers}")
+        here = self.lm.provenance().get("weights_sha256")
+        if made_for.get("weights_sha256") and here and made_for["weights_sha256"] != here:
+            logging.getLogger(__name__).warning("mega: %s was made on other weights (%s) than the model edited",
+                                                path, made_for.get("model_id"))
+        return region
+
     def __init__(self, lm, params=None, seed: int = 0):
         super().__init__(lm, params, seed)
         p, n = self.params, lm.adapter.n_layers
+        if p.layers is not None and p.region_file is not None:
+            raise ConfigError("method 'mega': give either layers or region_file, not both")
         if p.layers is not None:
             region = tuple(p.layers)
         elif p.region_file is not None:
-            path = Path(p.region_file)
-            if not path.is_file():
-                raise ConfigError(f"method 'mega': region_file {path} not found")
-            try:
-                region = tuple(json.loads(path.read_text())["region"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise ConfigError(f"method 'mega': {path} is not an attribution artifact (no 'region')") from None
+            region = self._region_from_artifact(Path(p.region_file), n)
         else:
             region = default_region(n)
-        if not region or any(not 0 <= l < n for l in region):
+        if not region or any(isinstance(l, bool) or not isinstance(l, int) or not 0 <= l < n for l in region):
             raise ConfigError(f"method 'mega': region {list(region)} invalid for a {n}-layer model")
         self.region = tuple(sorted(set(region)))
         self.gate_layer = max(1, n // 6) if p.gate_layer is None else p.gate_layer

@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from harness.arch import BLOCKS, ArchAdapter
+from harness.arch import BLOCKS, ArchAdapter, adapter_of
 from harness.directions import WINDOWS, Directions, ProbeExample, edit_probe_pair, extract_directions
 from harness.errors import ConfigError
 from harness.interventions import WeightIntervention
@@ -117,6 +117,19 @@ class Rank1Edits(WeightIntervention):
     v_hats: dict[Key, torch.Tensor] = field(default_factory=dict)
     head_dim: int = 0
     config: dict = field(default_factory=dict)
+    #: the model it was computed for: ``with edits:`` applies them to it at strength 1
+    bound: ArchAdapter | None = field(default=None, repr=False, compare=False)
+
+    def __enter__(self) -> "Rank1Edits":
+        if self.bound is None:
+            raise ValueError("these edits are bound to no model (loaded from disk): use `with edits.apply(model, strength):`")
+        self._active = self.apply(self.bound, 1.0)
+        self._active.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        active, self._active = self._active, None
+        active.__exit__(*exc)
 
     @classmethod
     def from_components(cls, components: Sequence[EditedComponent], v_hats: Mapping[Key, torch.Tensor],
@@ -166,7 +179,8 @@ class Rank1Edits(WeightIntervention):
         (d / "rank1_edits.json").write_text(json.dumps(meta, indent=1))
 
     @classmethod
-    def load(cls, directory: str | Path) -> "Rank1Edits":
+    def load(cls, directory: str | Path, model: LoadedModel | ArchAdapter | nn.Module | None = None) -> "Rank1Edits":
+        """Read edits written by :meth:`save`; ``model`` (optional) binds them for ``with edits:``."""
         d = Path(directory)
         meta = json.loads((d / "rank1_edits.json").read_text())
         if meta.get("format") != _FORMAT:
@@ -177,20 +191,14 @@ class Rank1Edits(WeightIntervention):
         for i, c in enumerate(meta["components"]):
             comps.append(EditedComponent(layer=c["layer"], block=c["block"], index=c["index"], g=float(t["g"][i]),
                                          lam=float(t["lambda"][i]), k_hat=t.get(f"k_hat/{i}"), sign=float(t["sign"][i])))
-        return cls.from_components(comps, v_hats, meta["head_dim"], meta["config"])
+        edits = cls.from_components(comps, v_hats, meta["head_dim"], meta["config"])
+        edits.bound = None if model is None else adapter_of(model)
+        return edits
 
 
 # ---------------------------------------------------------------------------------------------
-def _adapter(model_or_lm: LoadedModel | ArchAdapter | nn.Module) -> ArchAdapter:
-    if isinstance(model_or_lm, ArchAdapter):
-        return model_or_lm
-    if isinstance(model_or_lm, LoadedModel):
-        return model_or_lm.adapter
-    return ArchAdapter(model_or_lm)
-
-
 @torch.no_grad()
-def compute_rank1_edits(model_or_lm: LoadedModel | ArchAdapter | nn.Module, directions: Mapping[Key, torch.Tensor],
+def compute_rank1_edits(model: LoadedModel | ArchAdapter | nn.Module, directions: Mapping[Key, torch.Tensor],
                         input_means: Mapping[Key, torch.Tensor], rho_attn: float, rho_mlp: float,
                         alpha: float) -> Rank1Edits:
     """Steer2Edit's importance, elastic-net magnitude and rank-1 factors for every head and neuron.
@@ -201,7 +209,7 @@ def compute_rank1_edits(model_or_lm: LoadedModel | ArchAdapter | nn.Module, dire
     the weights' device, one matrix at a time; the (small) factors are kept on the CPU.
     """
     validate_hyperparameters(rho_attn, rho_mlp, alpha)
-    ad = _adapter(model_or_lm)
+    ad = adapter_of(model)
     rho = {"attn": float(rho_attn), "mlp": float(rho_mlp)}
     comps: list[EditedComponent] = []
     v_hats: dict[Key, torch.Tensor] = {}
@@ -238,7 +246,9 @@ def compute_rank1_edits(model_or_lm: LoadedModel | ArchAdapter | nn.Module, dire
                     comps.append(EditedComponent(l, b, j, float(g[j]), float(lam[j]), sign=float(signs[j])))
             v_hats[(l, b)] = v_hat.cpu()
     cfg = {"rho_attn": float(rho_attn), "rho_mlp": float(rho_mlp), "alpha": float(alpha)}
-    return Rank1Edits.from_components(comps, v_hats, ad.head_dim, cfg)
+    edits = Rank1Edits.from_components(comps, v_hats, ad.head_dim, cfg)
+    edits.bound = ad
+    return edits
 
 
 # ---------------------------------------------------------------------------------------------

@@ -104,3 +104,15 @@ def test_study_writes_artifact(cf_root, tmp_path, capsys):
     header = (out / "layers.csv").read_text().splitlines()[0]
     assert "promote_new/attn/success" in header
     assert "selected MEGA region" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--editor", "mega"], "needs a whole-model edit"),
+    (["--width", "0"], "--width must be between 1 and 2"),
+    (["--width", "99"], "--width must be between 1 and 2"),
+])
+def test_study_bad_input_one_line(cf_root, tmp_path, capsys, args, msg):
+    code = main(["attribute", "--model", "tiny-llama", "--split", "edit", "--limit", "1", "--data-root", str(cf_root),
+                 "--out", str(tmp_path / "att"), "--quiet", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and msg in err and err.startswith("editbench: error:") and err.count("\n") == 1

@@ -106,6 +106,16 @@ def test_bad_input_one_line(cf_root, tmp_path, capsys, args, msg):
     assert msg in err and err.startswith("editbench: error:") and err.count("\n") == 1
 
 
+def test_run_refuses_attribute_benchmark_and_file_out(cf_root, tmp_path, capsys):
+    code, _, err = run(["run", *TINY, "--benchmark", "safety", "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "editbench sweep" in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()  # refused before anything is written
+    (tmp_path / "afile").write_text("keep")
+    code, _, err = run(["run", *TINY, "--data-root", str(cf_root), "--out", str(tmp_path / "afile")], capsys)
+    assert code == 2 and "File exists" in err and err.count("\n") == 1
+    assert (tmp_path / "afile").read_text() == "keep"
+
+
 def test_missing_data_and_model(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # fail fast instead of retrying the network
     code, _, err = run(["run", *TINY, "--data-root", str(tmp_path / "none")], capsys)

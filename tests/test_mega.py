@@ -126,6 +126,14 @@ def test_params_validated(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ConfigError, match="not an attribution artifact"):
         MEGA(lm, {"region_file": str(tmp_path / "bad.json")})
+    with pytest.raises(ConfigError, match="not both"):
+        MEGA(lm, {"layers": "2", "region_file": str(tmp_path / "r.json")})
+    (tmp_path / "strs.json").write_text(json.dumps({"region": ["x"]}))
+    with pytest.raises(ConfigError, match="invalid for a 3-layer"):
+        MEGA(lm, {"region_file": str(tmp_path / "strs.json")})
+    (tmp_path / "other.json").write_text(json.dumps({"region": [2], "model": {"n_layers": 30, "model_id": "m"}}))
+    with pytest.raises(ConfigError, match="made for a 30-layer model"):
+        MEGA(lm, {"region_file": str(tmp_path / "other.json")})
     assert default_region(30) == tuple(range(15, 24)) and default_region(3) == (2,)
 
 

@@ -185,6 +185,27 @@ def test_save_load_round_trip(lm, dirs, tmp_path):
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
 
 
+def test_public_api_on_a_bare_model(lm, dirs, tmp_path):
+    """The issue's call, with a bare transformers model: keyword `model=`, `with edits:` applies at
+    strength 1 and restores bit-exactly, `edits.apply(model, s)` takes the bare model too."""
+    before = weights_snapshot(lm.model)
+    edits = compute_rank1_edits(model=lm.model, directions=dirs.proj_directions, input_means=dirs.input_means,
+                                rho_attn=RHO, rho_mlp=RHO, alpha=ALPHA)
+    with edits:
+        inside = weights_snapshot(lm.model)
+    with edits.apply(lm.model, 1.0):
+        assert all(torch.equal(inside[k], v) for k, v in weights_snapshot(lm.model).items())
+    assert any(not torch.equal(before[k], inside[k]) for k in before)
+    assert all(torch.equal(before[k], v) for k, v in weights_snapshot(lm.model).items())
+    edits.save(tmp_path / "e")
+    with pytest.raises(ValueError, match="bound to no model"):
+        with Rank1Edits.load(tmp_path / "e"):
+            pass
+    with Rank1Edits.load(tmp_path / "e", model=lm.model):
+        assert all(torch.equal(inside[k], v) for k, v in weights_snapshot(lm.model).items())
+    assert all(torch.equal(before[k], v) for k, v in weights_snapshot(lm.model).items())
+
+
 def test_rho_nonpositive_switches_class_off(lm, dirs):
     no_attn = compute_rank1_edits(lm, dirs.proj_directions, dirs.input_means, 0.0, RHO, ALPHA)
     no_mlp = compute_rank1_edits(lm.model, dirs.proj_directions, dirs.input_means, RHO, -1.0, ALPHA)

@@ -164,6 +164,14 @@ def test_sweep_config_errors(tmp_path):
         SweepConfig.from_dict({"benchmark": "safety", "out": "x"})
     with pytest.raises(ConfigError, match="has no key 'gird'"):
         SweepConfig.from_dict({"benchmark": "safety", "out": "x", "methods": [{"name": "steering", "gird": {}}]})
+    base = {"benchmark": "safety", "out": "x"}
+    for strengths in (["abc"], [float("nan")], 3, [True]):
+        with pytest.raises(ConfigError, match="strengths must be a list of finite numbers"):
+            SweepConfig.from_dict({**base, "methods": [{"name": "steering", "strengths": strengths}]})
+    with pytest.raises(ConfigError, match="'limit' must be an integer"):
+        SweepConfig.from_dict({**base, "limit": "abc", "methods": [{"name": "steering"}]})
+    with pytest.raises(ConfigError, match="invalid sweep config"):
+        SweepConfig.from_dict({**base, "utility": {"limit": "abc"}, "methods": [{"name": "steering"}]})
     bad = tmp_path / "bad.yaml"
     bad.write_text("benchmark: [unclosed")
     assert main(["sweep", str(bad)]) == 2
