@@ -174,8 +174,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _setup_logging() -> None:
+    """Our own warnings as `editbench: ...` lines; the hub client's per-retry network warnings are
+    left out (a failed load still ends in one `editbench: error:` line saying why)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("editbench: %(message)s"))
+    for name in ("harness", "methods", "benchmarks"):
+        lg = logging.getLogger(name)
+        if not lg.handlers:
+            lg.addHandler(handler)
+            lg.setLevel(logging.WARNING)
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="editbench: %(message)s")
+    _setup_logging()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")

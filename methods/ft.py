@@ -4,16 +4,22 @@ Optimises the target_new NLL on the rewrite prompt with Adam over a delta of one
 clamping the delta to an L-infinity ball after every step. Used on its own as a knowledge editor
 and as the reference editor of MEGA's post-edit attribution study. The delta is applied through a
 weight-edit transaction, so the model is restored bit-exactly after each case.
+
+Behaviour benchmarks (our adaptation): the same constrained fine-tuning on the positive probes'
+responses (supervised fine-tuning towards the wanted behaviour, mini-batches of 8 cycled in order);
+the negative probes are not used, as FT-L has no contrastive term.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from harness.errors import ConfigError
+from harness.directions import ProbeExample
 from harness.hooks import hooked
 from harness.interventions import Intervention, WeightIntervention
 from harness.records import EditRequest
@@ -26,6 +32,8 @@ from .base import Method
 class FT(Method):
     name = "ft"
     description = "FT-L: L-inf-constrained fine-tuning of one MLP output projection (reference weight editor)"
+    supports = frozenset({"edit", "behaviour"})
+    behaviour_batch = 8  # probe examples per optimisation step (fixed: not a result-affecting knob)
 
     @dataclass
     class Params:
@@ -48,19 +56,32 @@ class FT(Method):
             raise ConfigError(f"method 'ft': layer {self.layer} out of range (model has {n} layers)")
 
     def fit_edit(self, request: EditRequest) -> Intervention:
+        return self._fit([ScoreRequest(request.prompt, request.target_new)])
+
+    def fit_behaviour(self, positives: Sequence[ProbeExample], negatives: Sequence[ProbeExample],
+                      window: str = "predict") -> Intervention:
+        """Fine-tune towards the positive responses (ROME-protocol target: the response after a space)."""
+        reqs = [ScoreRequest(e.prompt, e.response.strip()) for e in positives if e.response.strip()]
+        if not reqs:
+            raise ConfigError("method 'ft': the probe set has no positive example with a non-empty response")
+        return self._fit(reqs)
+
+    def _fit(self, reqs: Sequence[ScoreRequest]) -> Intervention:
         ad = self.lm.adapter
         W = ad.out_weight(self.layer, "mlp")
         delta = torch.zeros_like(W, dtype=torch.float32, requires_grad=True)
         opt = torch.optim.Adam([delta], lr=self.params.lr)
-        req = [ScoreRequest(request.prompt, request.target_new)]
+        bs = self.behaviour_batch
 
         def add_delta(_m, inp, out):  # out + inp @ delta.T: the effect of W += delta
             return out + F.linear(inp[0], delta.to(out.dtype))
 
         with torch.enable_grad(), hooked(ad.out_proj(self.layer, "mlp"), add_delta):
-            for _ in range(self.params.steps):
+            for step in range(self.params.steps):
                 opt.zero_grad()
-                loss = mean_target_nll(self.lm, req).mean()
+                start = (step * bs) % len(reqs)
+                batch = list(reqs[start:start + bs]) if len(reqs) > bs else list(reqs)
+                loss = mean_target_nll(self.lm, batch).mean()
                 loss.backward()
                 opt.step()
                 with torch.no_grad():

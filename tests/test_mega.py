@@ -151,6 +151,30 @@ def test_ft_restores_and_respects_constraint(cf_root):
         FT(lm, {"layer": "9"})
 
 
+def test_ft_behaviour_fits_positive_responses_only():
+    """Behaviour FT: lowers the positive responses' NLL (mini-batches cycled), ignores negatives,
+    stays in the L-inf ball, restores the model; an empty positive set is a one-line error."""
+    from harness.directions import ProbeExample
+
+    lm = tiny("tiny-llama")
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    pos = [ProbeExample(f"Question {i}:", " I cannot help with that.") for i in range(11)]
+    neg = [ProbeExample(f"Question {i}:", " Sure, here it is.") for i in range(11)]
+    ft = FT(lm, {"steps": "6", "norm_constraint": "0.05", "lr": "0.05"})
+    iv = ft.fit_behaviour(pos, neg)
+    assert iv.deltas[0].dense().abs().max() <= 0.05 + 1e-7
+    reqs = [ScoreRequest(e.prompt, e.response.strip()) for e in pos[:3]]
+    pre = [s.nll for s in score_targets(lm, reqs)]
+    with iv.apply(lm, 1.0):
+        post = [s.nll for s in score_targets(lm, reqs)]
+    assert all(b < a for a, b in zip(pre, post))
+    assert all(torch.equal(before[k], v) for k, v in lm.model.state_dict().items())
+    other = FT(lm, {"steps": "6", "norm_constraint": "0.05", "lr": "0.05"}).fit_behaviour(pos, neg[:1])
+    assert torch.equal(other.deltas[0].dense(), iv.deltas[0].dense())  # negatives are not used
+    with pytest.raises(ConfigError, match="no positive example"):
+        ft.fit_behaviour([ProbeExample("Q", " ")], neg)
+
+
 @pytest.mark.slow
 def test_mega_flips_a_real_edit():
     from harness.models import load_model
