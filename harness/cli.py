@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -23,17 +24,44 @@ def _params(items: list[str]) -> dict:
     return out
 
 
-def _cmd_run(a: argparse.Namespace) -> int:
-    from .runner import RunConfig, execute, format_table, parse_strengths
+def _grid(items: list[str] | None) -> list[dict[str, str]]:
+    """``--grid KEY=V1,V2`` (repeatable) -> every combination, as --param dicts (one {} without grid)."""
+    axes = _params(items)
+    for k, v in axes.items():
+        if not v or any(not x.strip() for x in v.split(",")):
+            raise EditbenchError(f"--grid {k}= needs comma-separated values, got {v!r}")
+    keys = sorted(axes)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(axes[k].split(",") for k in keys))]
 
-    cfg = RunConfig(model=a.model, benchmark=a.benchmark, split=a.split, method=a.method,
-                    method_params=_params(a.param), strengths=parse_strengths(a.strengths), limit=a.limit,
-                    seed=a.seed, batch_size=a.batch_size, chunk_size=a.chunk_size, device=a.device, dtype=a.dtype,
-                    generation=a.generation, max_new_tokens=a.max_new_tokens, data_root=a.data_root, out=a.out)
-    summary = execute(cfg, progress=not a.quiet)
-    print(f"# {cfg.method} on {cfg.benchmark}/{cfg.split}, model {cfg.model}, {summary['n_cases']} cases")
-    print(format_table(summary))
-    print(f"\nresults: {cfg.out}/summary.json, per-case records: {cfg.out}/cases.jsonl")
+
+def _cmd_run(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .runner import RunConfig, execute, format_grid_table, format_table, parse_strengths
+
+    base = _params(a.param)
+    grid = _grid(a.grid)
+    clash = sorted(set(base) & set(grid[0]))
+    if clash:
+        raise EditbenchError(f"'{clash[0]}' is given both as --param and as --grid")
+    runs = []
+    for point in grid:  # one run directory per grid point (each resumable on its own)
+        out = a.out
+        if point and a.out:
+            out = str(Path(a.out) / ",".join(f"{k}={v}" for k, v in point.items()))
+        cfg = RunConfig(model=a.model, benchmark=a.benchmark, split=a.split, method=a.method,
+                        method_params={**base, **point}, strengths=parse_strengths(a.strengths), limit=a.limit,
+                        seed=a.seed, batch_size=a.batch_size, chunk_size=a.chunk_size, device=a.device, dtype=a.dtype,
+                        generation=a.generation, max_new_tokens=a.max_new_tokens, data_root=a.data_root, out=out)
+        summary = execute(cfg, progress=not a.quiet)
+        label = f" ({', '.join(f'{k}={v}' for k, v in point.items())})" if point else ""
+        print(f"# {cfg.method}{label} on {cfg.benchmark}/{cfg.split}, model {cfg.model}, {summary['n_cases']} cases")
+        print(format_table(summary))
+        print(f"\nresults: {cfg.out}/summary.json, per-case records: {cfg.out}/cases.jsonl\n")
+        runs.append((point, summary))
+    if len(runs) > 1:
+        print("# grid: trade-off across configurations and strengths")
+        print(format_grid_table(runs))
     return 0
 
 
@@ -124,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--method", default="unedited")
     r.add_argument("--param", action="append", metavar="KEY=VALUE", help="method hyperparameter (repeatable)")
     r.add_argument("--strengths", default="1", help="comma-separated strengths, e.g. 0.25,0.5,1,2")
+    r.add_argument("--grid", action="append", metavar="KEY=V1,V2",
+                   help="hyperparameter grid (repeatable): one run per combination, under --out/KEY=V,...")
     r.add_argument("--limit", type=int, default=None, help="first N cases only")
     r.add_argument("--out", default=None, help="run directory (default runs/MODEL/BENCH-SPLIT/METHOD); resumes if present")
     r.add_argument("--seed", type=int, default=0)

@@ -283,3 +283,17 @@ def format_table(summary: dict) -> str:
     secs = [f"{p['seconds_per_case']['fit'] + p['seconds_per_case']['eval']:.3f}" for p in points.values()]
     lines.append(f"| seconds/case (pre: eval; post: fit+eval, 0 when reused) | {pre_s:.3f} | " + " | ".join(secs) + " |")
     return "\n".join(lines)
+
+
+def format_grid_table(runs: list[tuple[dict, dict]], metrics: tuple[str, ...] = ("efficacy", "generalization",
+                                                                               "specificity", "score")) -> str:
+    """One row per (grid point, strength): the headline metrics with 95% CIs, unedited first."""
+    first = runs[0][1]
+    present = [m for m in metrics if m in first["pre"]]
+    lines = ["| config | strength | " + " | ".join(present) + " |", "|---|---|" + "---|" * len(present),
+             "| unedited (pre-edit) | - | " + " | ".join(_fmt(first["pre"].get(m)) for m in present) + " |"]
+    for point, summary in runs:
+        cfg = ", ".join(f"{k}={v}" for k, v in point.items()) or "default"
+        for s, p in summary["points"].items():
+            lines.append(f"| {cfg} | {float(s):g} | " + " | ".join(_fmt(p["post"].get(m)) for m in present) + " |")
+    return "\n".join(lines)

@@ -116,6 +116,28 @@ def test_run_refuses_attribute_benchmark_and_file_out(cf_root, tmp_path, capsys)
     assert (tmp_path / "afile").read_text() == "keep"
 
 
+def test_run_grid_one_directory_per_point(cf_root, tmp_path, capsys):
+    out = tmp_path / "grid"
+    base = ["run", *TINY, "--data-root", str(cf_root), "--limit", "2", "--method", "steer2edit", "--out", str(out)]
+    code, stdout, err = run([*base, "--grid", "rho_attn=0.1,0.3", "--param", "alpha=0.5", "--strengths", "1,2"], capsys)
+    assert code == 0, err
+    dirs = sorted(p.name for p in out.iterdir())
+    assert dirs == ["rho_attn=0.1", "rho_attn=0.3"]
+    for d in dirs:
+        cfg = json.loads((out / d / "config.json").read_text())
+        assert cfg["method_params"]["rho_attn"] == float(d.split("=")[1]) and cfg["method_params"]["alpha"] == 0.5
+        assert len((out / d / "cases.jsonl").read_text().splitlines()) == 4  # 2 cases x 2 strengths
+    table = stdout.split("# grid: trade-off across configurations and strengths")[1]
+    rows = [l for l in table.splitlines() if l.startswith("| rho_attn=")]
+    assert [r.split(" | ")[:2] for r in rows] == [["| rho_attn=0.1", "1"], ["| rho_attn=0.1", "2"],
+                                                  ["| rho_attn=0.3", "1"], ["| rho_attn=0.3", "2"]]
+    for bad, msg in ((["--grid", "rho_attn="], "needs comma-separated values"),
+                     (["--grid", "alpha=0.1,0.2", "--param", "alpha=0.5"], "both as --param and as --grid"),
+                     (["--grid", "nope=1,2"], "has no hyperparameter 'nope'")):
+        code, _, err = run([*base, *bad], capsys)
+        assert code == 2 and msg in err and err.count("\n") == 1
+
+
 def test_missing_data_and_model(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # fail fast instead of retrying the network
     code, _, err = run(["run", *TINY, "--data-root", str(tmp_path / "none")], capsys)
