@@ -265,7 +265,7 @@ def test_check_method_cli_pass_and_fail(capsys, monkeypatch):
     code, out, err = run_cli(["check-method", "toy"], capsys)
     assert code == 1 and "| strength-zero | FAIL |" in out and "failed: strength-zero" in out
     # a check that does not apply is reported as skipped, not counted as passed
-    code, out, err = run_cli(["check-method", "ft", "--param", "steps=2"], capsys)
+    code, out, err = run_cli(["check-method", "mega", "--param", "steps=2"], capsys)
     assert code == 0 and "| behaviour | skip |" in out, out + err
     assert "6/6 checks passed" in out and "skipped (not applicable): behaviour" in out
 
