@@ -168,4 +168,11 @@ def format_findings(a: dict) -> str:
              f"later half on successful edits: MLP promoting o* {f['mlp_promote_new_late_success']:+.3f}; "
              f"suppressing o: attention {f['attn_suppress_old_late_success']:+.3f}, MLP {f['mlp_suppress_old_late_success']:+.3f}",
              f"selected MEGA region (attention layers, by {a['selection']}): {a['region']}"]
+    gap = f["attn_promote_new_late_success"] - f["attn_promote_new_late_failure"]
+    if gap == gap:  # not NaN: both outcomes present
+        verdict = "yes" if gap > 0 else "no"
+        lines.append(f"does later-half attention promote o* more on successful than on failed edits? {verdict} "
+                     f"(success - failure {gap:+.3f} nats)")
+    else:
+        lines.append("success vs failure comparison: not available (all edits succeeded or all failed)")
     return "\n".join(lines)

@@ -103,7 +103,14 @@ def test_study_writes_artifact(cf_root, tmp_path, capsys):
     assert len(rows) == 4 and len(rows[0]["promote_new"]["attn"]) == 3
     header = (out / "layers.csv").read_text().splitlines()[0]
     assert "promote_new/attn/success" in header
-    assert "selected MEGA region" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "selected MEGA region" in printed
+    f = art["findings"]
+    if f["n_success"] and f["n_failure"]:
+        gap = f["attn_promote_new_late_success"] - f["attn_promote_new_late_failure"]
+        assert f"failed edits? {'yes' if gap > 0 else 'no'} (success - failure {gap:+.3f} nats)" in printed
+    else:
+        assert "comparison: not available" in printed
 
 
 @pytest.mark.parametrize("args, msg", [
