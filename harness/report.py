@@ -631,7 +631,9 @@ def build_sweep(sw: Sweep) -> dict:
                           "gain is an improvement)",
         "provenance": {"sweep_dir": str(sw.path), "config": cfg, "versions": sw.summary.get("versions") or {},
                        "code_version": sw.code_version, "model": sw.summary.get("model") or {},
-                       "data_files": sw.data_files},
+                       "data_files": sw.data_files,
+                       "items_file": next((n for n in ("items.jsonl", "items.jsonl.gz") if (sw.path / n).exists()),
+                                          "items.jsonl")},
     }
 
 
@@ -1195,7 +1197,7 @@ def render_html(board: dict, figures: dict[int, list[tuple[str, bytes]]], drill:
                               f"{m.get('device', '?')})"),
                     ("model weights sha256", m.get("weights_sha256")), ("model source", m.get("source")),
                     ("code (at start)", _code_line(v)), ("versions", _versions_line(v)),
-                    ("per-item records", f"{pv['sweep_dir']}/items.jsonl")]
+                    ("per-item records", f"{pv['sweep_dir']}/{pv['items_file']}")]
             out.append(_html_prov_table(sw["id"], f"sweep {cfg.get('benchmark')}", rows, cfg, f"prov-{_e(sw['id'])}"))
     if board["skipped"]:
         out.append("<h3>Skipped</h3><ul>" + "".join(f"<li>{_e(s)}</li>" for s in board["skipped"]) + "</ul>")

@@ -57,6 +57,26 @@ def test_resume_no_duplicates_and_torn_line(cf_root, tmp_path, capsys):
     assert json.loads((out / "summary.json").read_text())["n_cases"] == 2
 
 
+def test_gzipped_records_are_read_and_resumed(cf_root, tmp_path, capsys):
+    """Committed results may keep records as cases.jsonl.gz: readers read it as is, a resume expands
+    it and appends, losing nothing."""
+    import gzip
+
+    from harness.runner import RunDir
+
+    out = tmp_path / "run"
+    base = ["run", *TINY, "--data-root", str(cf_root), "--out", str(out)]
+    assert run([*base, "--limit", "2"], capsys)[0] == 0
+    plain = (out / "cases.jsonl").read_bytes()
+    (out / "cases.jsonl.gz").write_bytes(gzip.compress(plain))
+    (out / "cases.jsonl").unlink()
+    assert RunDir(out).read_records(truncate=False) == [json.loads(l) for l in plain.splitlines()]
+    assert (out / "cases.jsonl.gz").exists() and not (out / "cases.jsonl").exists()  # a reader changes nothing
+    assert run([*base, "--limit", "3"], capsys)[0] == 0
+    lines = (out / "cases.jsonl").read_bytes().splitlines(keepends=True)
+    assert b"".join(lines[:2]) == plain and len(lines) == 3 and not (out / "cases.jsonl.gz").exists()
+
+
 def test_resume_keeps_code_version_of_older_records(cf_root, tmp_path, capsys):
     """A resume must not relabel records computed by other code with the current commit."""
     from harness.report import Run
