@@ -26,12 +26,11 @@ def _params(items: list[str]) -> dict:
 
 def _grid(items: list[str] | None) -> list[dict[str, str]]:
     """``--grid KEY=V1,V2`` (repeatable) -> every combination, as --param dicts (one {} without grid)."""
-    axes = _params(items)
-    for k, v in axes.items():
-        if not v or any(not x.strip() for x in v.split(",")):
-            raise EditbenchError(f"--grid {k}= needs comma-separated values, got {v!r}")
-    keys = sorted(axes)
-    return [dict(zip(keys, combo)) for combo in itertools.product(*(axes[k].split(",") for k in keys))]
+    axes = {k: [x.strip() for x in v.split(",")] for k, v in sorted(_params(items).items())}
+    for k, values in axes.items():
+        if not all(values):
+            raise EditbenchError(f"--grid {k}= needs comma-separated values, got {','.join(values)!r}")
+    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
 
 
 def _cmd_run(a: argparse.Namespace) -> int:

@@ -159,15 +159,15 @@ class RunDir:
         not cut a line another process is still appending)."""
         path = path or self.cases_path
         gz = path.with_name(path.name + ".gz")  # committed reference results keep large records gzipped
-        if not path.exists() and gz.exists():
+        if path.exists():
+            raw = path.read_bytes()
+        elif gz.exists():
             raw = gzip.decompress(gz.read_bytes())
-            if not truncate:  # a reader: the compressed file as it is
-                return [json.loads(line) for line in raw.splitlines()]
-            path.write_bytes(raw)  # the writer resumes: appends go to the plain file again
-            gz.unlink()
-        if not path.exists():
+            if truncate:  # the writer resumes: appends go to the plain file again
+                path.write_bytes(raw)
+                gz.unlink()
+        else:
             return []
-        raw = path.read_bytes()
         records, good_end, pos = [], 0, 0
         for line in raw.splitlines(keepends=True):
             pos += len(line)

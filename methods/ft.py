@@ -79,8 +79,7 @@ class FT(Method):
         with torch.enable_grad(), hooked(ad.out_proj(self.layer, "mlp"), add_delta):
             for step in range(self.params.steps):
                 opt.zero_grad()
-                start = (step * bs) % len(reqs)
-                batch = list(reqs[start:start + bs]) if len(reqs) > bs else list(reqs)
+                batch = [reqs[(step * bs + i) % len(reqs)] for i in range(min(bs, len(reqs)))]  # cycled in order
                 loss = mean_target_nll(self.lm, batch).mean()
                 loss.backward()
                 opt.step()
