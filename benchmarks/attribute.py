@@ -17,10 +17,10 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from harness.directions import ProbeSet
-from harness.errors import ConfigError, DataError
+from editbench.modeling.directions import ProbeSet
+from editbench.errors import ConfigError, DataError
 
-from .base import Benchmark
+from editbench.plugins.benchmark import Benchmark
 
 EVAL_SPLITS = ("val", "test")
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.errors import DataError
-from harness.records import EditCase, EditRequest
+from editbench.errors import DataError
+from editbench.plugins.requests import EditCase, EditRequest
 
-from .base import Benchmark
+from editbench.plugins.benchmark import Benchmark
 
 SPLIT_FILES = {
     "edit": "counterfact/counterfact-edit.json",
@@ -118,6 +118,6 @@ class CounterFact(Benchmark):
         return load_counterfact_file(self.data_files()[0], limit)
 
     def make_evaluator(self, lm, method, **options):
-        from harness.evaluator import KnowledgeEditEvaluator
+        from editbench.evaluation.evaluator import KnowledgeEditEvaluator
 
         return KnowledgeEditEvaluator(lm, method, **options)

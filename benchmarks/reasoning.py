@@ -15,12 +15,12 @@ from typing import Sequence
 
 import numpy as np
 
-from harness.data import data_file
-from harness.directions import ProbeExample, ProbeSet
-from harness.errors import DataError
-from harness.scoring import generate
+from editbench.data import data_file
+from editbench.modeling.directions import ProbeExample, ProbeSet
+from editbench.errors import DataError
+from editbench.evaluation.scoring import generate
 
-from .attribute import AttributeBenchmark, format_instruction, read_jsonl
+from editbench.benchmarks.attribute import AttributeBenchmark, format_instruction, read_jsonl
 
 FILES = {"train": "gsm8k/train.jsonl", "test": "gsm8k/test.jsonl"}
 _NUM = re.compile(r"-?\d[\d,]*(?:\.\d+)?")

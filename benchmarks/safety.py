@@ -7,7 +7,7 @@ Probe modes (benchmark option ``probe``):
 * ``self`` (the Steer2Edit paper's protocol): the model's own greedy responses to harmful probe
   instructions (positive) vs to benign Alpaca instructions (negative).
 Evaluation: greedy responses (``max_new_tokens``, default 64) to held-out harmful instructions,
-judged by a pluggable judge (default: keyword matcher, :mod:`harness.judges`). No attack suffixes
+judged by a pluggable judge (default: keyword matcher, :mod:`editbench.evaluation.judges`). No attack suffixes
 (the paper adds GCG suffixes; none are available offline).
 """
 
@@ -17,13 +17,13 @@ import csv
 import json
 from typing import Sequence
 
-from harness.data import data_file
-from harness.directions import ProbeExample, ProbeSet
-from harness.errors import ConfigError, DataError
-from harness.judges import load_judge
-from harness.scoring import generate
+from editbench.data import data_file
+from editbench.modeling.directions import ProbeExample, ProbeSet
+from editbench.errors import ConfigError, DataError
+from editbench.evaluation.judges import load_judge
+from editbench.evaluation.scoring import generate
 
-from .attribute import AttributeBenchmark, format_instruction
+from editbench.benchmarks.attribute import AttributeBenchmark, format_instruction
 
 FILES = {"advbench": "safety/harmful_behaviors.csv", "malicious": "safety/MaliciousInstruct.txt",
          "benign": "safety/alpaca_2k.json"}

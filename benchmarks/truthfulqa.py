@@ -15,12 +15,12 @@ import json
 import math
 from typing import Sequence
 
-from harness.data import data_file
-from harness.directions import ProbeExample, ProbeSet
-from harness.errors import DataError
-from harness.scoring import score_choices
+from editbench.data import data_file
+from editbench.modeling.directions import ProbeExample, ProbeSet
+from editbench.errors import DataError
+from editbench.evaluation.scoring import score_choices
 
-from .attribute import AttributeBenchmark
+from editbench.benchmarks.attribute import AttributeBenchmark
 
 FILES = {"csv": "truthfulqa/TruthfulQA.csv", "mc": "truthfulqa/mc_task.json"}
 

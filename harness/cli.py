@@ -9,9 +9,10 @@ import logging
 import os
 import sys
 
-from . import __version__, registry
-from .errors import EditbenchError
-from .models import DEFAULT_MODEL, list_models
+from editbench import __version__
+from editbench.plugins import registry
+from editbench.errors import EditbenchError
+from editbench.modeling.loading import DEFAULT_MODEL, list_models
 
 
 def _params(items: list[str]) -> dict:
@@ -36,7 +37,7 @@ def _grid(items: list[str] | None) -> list[dict[str, str]]:
 def _cmd_run(a: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .runner import RunConfig, execute, format_grid_table, format_table, parse_strengths
+    from editbench.runs.runner import RunConfig, execute, format_grid_table, format_table, parse_strengths
 
     base = _params(a.param)
     grid = _grid(a.grid)
@@ -67,10 +68,10 @@ def _cmd_run(a: argparse.Namespace) -> int:
 def _cmd_attribute(a: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from benchmarks.counterfact import CounterFact
+    from editbench.benchmarks.counterfact import CounterFact
 
-    from .attribution_study import format_findings, run_study
-    from .models import load_model
+    from editbench.runs.attribution_study import format_findings, run_study
+    from editbench.modeling.loading import load_model
 
     if a.limit is not None and a.limit < 1:
         raise EditbenchError(f"limit must be >= 1, got {a.limit}")
@@ -88,9 +89,9 @@ def _cmd_attribute(a: argparse.Namespace) -> int:
 def _cmd_sweep(a: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .runner import RunDir
-    from .sweep import SweepConfig, run_sweep
-    from .tradeoff import format_analysis
+    from editbench.runs.runner import RunDir
+    from editbench.runs.sweep import SweepConfig, run_sweep
+    from editbench.evaluation.tradeoff import format_analysis
 
     cfg = SweepConfig.load(a.config)
     if a.out:
@@ -107,9 +108,9 @@ def _cmd_sweep(a: argparse.Namespace) -> int:
 def _cmd_curves(a: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .errors import DataError
-    from .runner import RunDir
-    from .tradeoff import plot_panels
+    from editbench.errors import DataError
+    from editbench.runs.runner import RunDir
+    from editbench.evaluation.tradeoff import plot_panels
 
     panels = []
     for d in a.sweeps:
@@ -195,8 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--baseline", default="steering")
     cv.set_defaults(func=_cmd_curves)
 
-    from . import compare, report; report.add_subcommand(sub); compare.add_subcommand(sub)  # noqa: E702
-    from .scaffold import add_subcommands as plugin_kit; plugin_kit(sub)  # noqa: E702 - check-method, new-method
+    from editbench.report import compare
+    from editbench.report import report; report.add_subcommand(sub); compare.add_subcommand(sub)  # noqa: E702
+    from editbench.plugins.scaffold import add_subcommands as plugin_kit; plugin_kit(sub)  # noqa: E702 - check-method, new-method
     sub.add_parser("methods", help="list registered methods").set_defaults(func=lambda a: _cmd_list("method"))
     sub.add_parser("benchmarks", help="list registered benchmarks").set_defaults(func=lambda a: _cmd_list("benchmark"))
     sub.add_parser("models", help="list embedded and test models").set_defaults(func=_cmd_models)
@@ -208,7 +210,7 @@ def _setup_logging() -> None:
     left out (a failed load still ends in one `editbench: error:` line saying why)."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("editbench: %(message)s"))
-    for name in ("harness", "methods", "benchmarks"):
+    for name in ("editbench",):
         lg = logging.getLogger(name)
         if not lg.handlers:
             lg.addHandler(handler)

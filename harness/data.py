@@ -7,7 +7,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import DataError
+from editbench.errors import DataError
 
 ENV_VAR = "EDITBENCH_DATA"
 _REPO_ROOT = Path(__file__).resolve().parents[1]

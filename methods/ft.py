@@ -18,19 +18,20 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from harness.errors import ConfigError
-from harness.directions import ProbeExample
-from harness.hooks import hooked
-from harness.interventions import Intervention, WeightIntervention
-from harness.records import EditRequest
-from harness.scoring import ScoreRequest, mean_target_nll
-from harness.weights import ColumnDelta
+from editbench.errors import ConfigError
+from editbench.modeling.directions import ProbeExample
+from editbench.modeling.hooks import hooked
+from editbench.modeling.interventions import Intervention, WeightIntervention
+from editbench.plugins.requests import EditRequest
+from editbench.evaluation.scoring import ScoreRequest, mean_target_nll
+from editbench.modeling.weights import ColumnDelta
 
-from .base import Method
+from editbench.plugins.method import Method
 
 
 class FT(Method):
     name = "ft"
+    method_class = "weight-edit"
     description = "FT-L: L-inf-constrained fine-tuning of one MLP output projection (reference weight editor)"
     supports = frozenset({"edit", "behaviour"})
     behaviour_batch = 8  # probe examples per optimisation step (fixed: not a result-affecting knob)

@@ -43,13 +43,13 @@ from typing import Iterator, Sequence
 
 import torch
 
-from harness.errors import ConfigError
-from harness.hooks import add_to_output, capture, hooked
-from harness.interventions import ActivationIntervention, SteeringVector
-from harness.records import EditRequest
-from harness.scoring import Batch, ScoreRequest, encode_prompt, encode_target, target_logprobs
+from editbench.errors import ConfigError
+from editbench.modeling.hooks import add_to_output, capture, hooked
+from editbench.modeling.interventions import ActivationIntervention, SteeringVector
+from editbench.plugins.requests import EditRequest
+from editbench.evaluation.scoring import Batch, ScoreRequest, encode_prompt, encode_target, target_logprobs
 
-from .base import Method
+from editbench.plugins.method import Method
 
 CONTEXT_TEMPLATE = "New fact: {prompt} {new}.\n{prompt}"  # [recon] in-context statement of the edit
 TRAIN_PREFIXES = ("", "Here is a fact. ", "I read this: ")  # [recon] fixed neutral contexts
@@ -195,6 +195,7 @@ def _gated_add(module, vec: torch.Tensor, state: dict, last_mask: torch.Tensor, 
 
 class MEGA(Method):
     name = "mega"
+    method_class = "gated"
     description = "MEGA [recon]: per-edit gated steering of the attention residual in an attribution region"
 
     @dataclass
@@ -357,7 +358,7 @@ class MEGA(Method):
 
 
 def _prompt_batch(lm, prompts: list[str]) -> Batch:
-    from harness.scoring import _layout
+    from editbench.evaluation.scoring import _layout
 
     enc = [encode_prompt(lm.tokenizer, q) for q in prompts]
     # a one-token dummy target makes _layout return exactly the prompt tokens

@@ -13,14 +13,14 @@ Per METHODS.md section 1, for every layer ``l`` and block ``b``, with the contra
   ``W_down[:, j] += lambda * sign(W_down[:, j] . v_hat) * v_hat``.
 
 Every column change is a multiple of ``v_hat``, so one (layer, block) edit is stored as a single
-low-rank :class:`~harness.weights.ColumnDelta` ``up = v_hat [hidden, 1]``, ``down = [n_cols, 1]``
+low-rank :class:`~editbench.modeling.weights.ColumnDelta` ``up = v_hat [hidden, 1]``, ``down = [n_cols, 1]``
 (the concatenated ``lambda * k_hat`` of the edited heads, or ``lambda * sign`` per edited neuron):
 no dense copy of any matrix, and the evaluator's ``strength`` scales every lambda.
 
 Directions. ``v`` is taken at the *output of* ``W_O`` / ``W_down`` (METHODS.md 1.1 and the official
 code hook ``o_proj`` / ``down_proj``): the edit adds multiples of ``v_hat`` to that output, so this is
 the space ``v`` must live in. It is the block output itself except on post-norm architectures
-(Gemma 2/3), see :attr:`harness.directions.Directions.proj_directions`.
+(Gemma 2/3), see :attr:`editbench.modeling.directions.Directions.proj_directions`.
 
 Defaults. The official code defaults to both classes off (``rho = -1``) with ``alpha = 0.95``; the
 paper's configs are tuned for 2B-8B chat models (e.g. LLaMA-2-7B-Chat: rho_attn 0.18, rho_mlp 0.55,
@@ -38,12 +38,12 @@ The strength multiplies every lambda, so strength ``s`` with ``alpha = 0.5`` equ
 Knowledge-editing adaptation (ours, not in the paper): a CounterFact edit is turned into a probe
 pair, the rewrite prompt completed with ``" " + target_new`` (positive) versus with
 ``" " + target_true`` (negative), tokenised as the ROME scorer does. Only the
-:class:`~harness.records.EditRequest` is used. With one probe pair, ``mu`` comes from those two
+:class:`~editbench.plugins.requests.EditRequest` is used. With one probe pair, ``mu`` comes from those two
 examples. Because both examples share the prompt, the paper's averaging window ("predict": the
 positions predicting response tokens) collapses to the single shared last prompt position for
 one-token targets and gives ``v = 0`` (no edit); the ``window`` parameter therefore defaults to
 ``"response"`` for knowledge edits (the positions holding the target tokens), see
-:mod:`harness.directions`. Behaviour probes (:meth:`Steer2Edit.fit_behaviour`) use the paper's window.
+:mod:`editbench.modeling.directions`. Behaviour probes (:meth:`Steer2Edit.fit_behaviour`) use the paper's window.
 """
 
 from __future__ import annotations
@@ -59,15 +59,15 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from harness.arch import BLOCKS, ArchAdapter, adapter_of
-from harness.directions import WINDOWS, Directions, ProbeExample, edit_probe_pair, extract_directions
-from harness.errors import ConfigError
-from harness.interventions import WeightIntervention
-from harness.models import LoadedModel
-from harness.records import EditRequest
-from harness.weights import ColumnDelta
+from editbench.modeling.arch import BLOCKS, ArchAdapter, adapter_of
+from editbench.modeling.directions import WINDOWS, Directions, ProbeExample, edit_probe_pair, extract_directions
+from editbench.errors import ConfigError
+from editbench.modeling.interventions import WeightIntervention
+from editbench.modeling.loading import LoadedModel
+from editbench.plugins.requests import EditRequest
+from editbench.modeling.weights import ColumnDelta
 
-from .base import Method
+from editbench.plugins.method import Method
 
 Key = tuple[int, str]
 _FORMAT = "editbench-steer2edit-rank1/1"
@@ -254,6 +254,7 @@ def compute_rank1_edits(model: LoadedModel | ArchAdapter | nn.Module, directions
 # ---------------------------------------------------------------------------------------------
 class Steer2Edit(Method):
     name = "steer2edit"
+    method_class = "weight-edit"
     description = "Steer2Edit: steering directions -> sparse rank-1 head/neuron weight edits (elastic net)"
     supports = frozenset({"edit", "behaviour"})
 

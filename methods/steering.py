@@ -9,7 +9,7 @@
 
 For knowledge edits the probe is our adaptation, shared with Steer2Edit: the rewrite prompt
 completed with ``" " + target_new`` (positive) vs ``" " + target_true`` (negative); see
-:mod:`methods.steer2edit` for why the averaging ``window`` defaults to ``"response"`` there.
+:mod:`editbench.methods.steer2edit` for why the averaging ``window`` defaults to ``"response"`` there.
 Both interventions are row-batchable, so the evaluator scores many cases in one batch.
 """
 
@@ -18,13 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from harness.arch import BLOCKS
-from harness.directions import WINDOWS, Directions, ProbeExample, edit_probe_pair, extract_directions
-from harness.errors import ConfigError
-from harness.interventions import ActivationIntervention, SteeringVector
-from harness.records import EditRequest
+from editbench.modeling.arch import BLOCKS
+from editbench.modeling.directions import WINDOWS, Directions, ProbeExample, edit_probe_pair, extract_directions
+from editbench.errors import ConfigError
+from editbench.modeling.interventions import ActivationIntervention, SteeringVector
+from editbench.plugins.requests import EditRequest
 
-from .base import Method
+from editbench.plugins.method import Method
 
 
 def _check(method: str, window: str, batch_size: int) -> None:
@@ -56,6 +56,7 @@ class _ProbeSteering(Method):
 
 class Steering(_ProbeSteering):
     name = "steering"
+    method_class = "activation-steering"
     description = "Steer2Edit paper baseline: add gamma * v_l^b at every attention and MLP block output"
 
     @dataclass
@@ -74,6 +75,7 @@ class Steering(_ProbeSteering):
 
 class SteeringLayer(_ProbeSteering):
     name = "steering-layer"
+    method_class = "activation-steering"
     description = "CAA/ActAdd-style: add gamma * (residual mean difference) after one layer (default: middle)"
 
     @dataclass

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from harness.directions import ProbeExample
-from harness.interventions import Intervention, NoIntervention
-from harness.records import EditRequest
+from editbench.modeling.directions import ProbeExample
+from editbench.modeling.interventions import Intervention, NoIntervention
+from editbench.plugins.requests import EditRequest
 
-from .base import Method
+from editbench.plugins.method import Method
 
 
 class Unedited(Method):
     name = "unedited"
+    method_class = "reference"
     description = "no edit (reference model)"
     supports = frozenset({"edit", "behaviour"})
 

@@ -19,11 +19,11 @@ import time
 
 import torch
 
-from benchmarks.counterfact import CounterFact
-from harness.evaluator import FAMILIES, KnowledgeEditEvaluator, case_slots
-from harness.models import load_model
-from harness.scoring import _batches, _layout, encode_prompt, encode_target
-from methods.unedited import Unedited
+from editbench.benchmarks.counterfact import CounterFact
+from editbench.evaluation.evaluator import FAMILIES, KnowledgeEditEvaluator, case_slots
+from editbench.modeling.loading import load_model
+from editbench.evaluation.scoring import _batches, _layout, encode_prompt, encode_target
+from editbench.methods.unedited import Unedited
 
 
 @torch.no_grad()

@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from benchmarks.counterfact import CounterFact
-from harness.errors import EditbenchError
-from harness.models import load_model
-from methods.mega import MEGA
+from editbench.benchmarks.counterfact import CounterFact
+from editbench.errors import EditbenchError
+from editbench.modeling.loading import load_model
+from editbench.methods.mega import MEGA
 
 
 def main(argv: list[str] | None = None) -> int:

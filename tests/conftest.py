@@ -3,7 +3,7 @@ from functools import lru_cache
 
 import pytest
 
-from harness.models import TINY_MODELS, load_model
+from editbench.modeling.loading import TINY_MODELS, load_model
 
 
 @lru_cache(maxsize=None)

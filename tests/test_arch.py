@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from harness.arch import ArchAdapter
-from harness.errors import UnsupportedArchitecture
-from harness.hooks import capture, hooked
+from editbench.modeling.arch import ArchAdapter
+from editbench.errors import UnsupportedArchitecture
+from editbench.modeling.hooks import capture, hooked
 from tests.conftest import tiny
 
 

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from harness.attribution import block_importance, head_importance, neuron_importance
-from harness.attribution_study import run_study, select_region
-from harness.cli import main
-from harness.hooks import capture
-from harness.scoring import encode_prompt, encode_target
+from editbench.modeling.attribution import block_importance, head_importance, neuron_importance
+from editbench.runs.attribution_study import run_study, select_region
+from editbench.cli import main
+from editbench.modeling.hooks import capture
+from editbench.evaluation.scoring import encode_prompt, encode_target
 from tests.conftest import tiny
 
 PROMPTS = ["The capital of France is", "ab", "Water boils at one hundred"]

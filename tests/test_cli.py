@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from harness.cli import main
+from editbench.cli import main
 
 TINY = ["--model", "tiny-llama", "--quiet"]
 
@@ -62,7 +62,7 @@ def test_gzipped_records_are_read_and_resumed(cf_root, tmp_path, capsys):
     it and appends, losing nothing."""
     import gzip
 
-    from harness.runner import RunDir
+    from editbench.runs.runner import RunDir
 
     out = tmp_path / "run"
     base = ["run", *TINY, "--data-root", str(cf_root), "--out", str(out)]
@@ -79,7 +79,7 @@ def test_gzipped_records_are_read_and_resumed(cf_root, tmp_path, capsys):
 
 def test_resume_keeps_code_version_of_older_records(cf_root, tmp_path, capsys):
     """A resume must not relabel records computed by other code with the current commit."""
-    from harness.report import Run
+    from editbench.report.report import Run
 
     out = tmp_path / "run"
     base = ["run", *TINY, "--data-root", str(cf_root), "--out", str(out)]
@@ -178,6 +178,6 @@ def test_listing_commands(capsys):
 
 def test_console_script_exit_code(tmp_path):
     """The installed entry point exits non-zero with one line and no traceback."""
-    p = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--method", "nope", "--model", "tiny-llama"],
+    p = subprocess.run([sys.executable, "-m", "editbench.cli", "run", "--method", "nope", "--model", "tiny-llama"],
                        capture_output=True, text=True)
     assert p.returncode == 2 and "Traceback" not in p.stderr and "unknown method" in p.stderr

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from benchmarks.counterfact import CounterFact, load_counterfact_file
-from harness.data import resolve_data_root
-from harness.errors import ConfigError, DataError
+from editbench.benchmarks.counterfact import CounterFact, load_counterfact_file
+from editbench.data import resolve_data_root
+from editbench.errors import ConfigError, DataError
 
 
 def test_fixture_formats(cf_root):

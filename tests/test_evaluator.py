@@ -1,13 +1,13 @@
 import pytest
 import torch
 
-from benchmarks.counterfact import CounterFact
-from harness.evaluator import FAMILIES, KnowledgeEditEvaluator, case_slots
-from harness.interventions import ActivationIntervention, SteeringVector, WeightIntervention
-from harness.scoring import score_targets
-from harness.weights import ColumnDelta
-from methods.base import Method
-from methods.unedited import Unedited
+from editbench.benchmarks.counterfact import CounterFact
+from editbench.evaluation.evaluator import FAMILIES, KnowledgeEditEvaluator, case_slots
+from editbench.modeling.interventions import ActivationIntervention, SteeringVector, WeightIntervention
+from editbench.evaluation.scoring import score_targets
+from editbench.modeling.weights import ColumnDelta
+from editbench.plugins.method import Method
+from editbench.methods.unedited import Unedited
 from tests.conftest import tiny
 
 

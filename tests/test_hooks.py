@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from harness.hooks import add_to_input, add_to_output, capture
+from editbench.modeling.hooks import add_to_input, add_to_output, capture
 from tests.conftest import tiny
 
 

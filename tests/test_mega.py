@@ -3,13 +3,13 @@ import json
 import pytest
 import torch
 
-from benchmarks.counterfact import CounterFact
-from harness.errors import ConfigError
-from harness.evaluator import KnowledgeEditEvaluator
-from harness.records import EditRequest
-from harness.scoring import ScoreRequest, score_targets
-from methods.ft import FT
-from methods.mega import MEGA, MegaIntervention, default_region, subject_last_token
+from editbench.benchmarks.counterfact import CounterFact
+from editbench.errors import ConfigError
+from editbench.evaluation.evaluator import KnowledgeEditEvaluator
+from editbench.plugins.requests import EditRequest
+from editbench.evaluation.scoring import ScoreRequest, score_targets
+from editbench.methods.ft import FT
+from editbench.methods.mega import MEGA, MegaIntervention, default_region, subject_last_token
 from tests.conftest import tiny
 
 REQ = EditRequest(case_id=1, prompt="The mother tongue of Zork Blan is", subject="Zork Blan",
@@ -154,7 +154,7 @@ def test_ft_restores_and_respects_constraint(cf_root):
 def test_ft_behaviour_fits_positive_responses_only():
     """Behaviour FT: lowers the positive responses' NLL (mini-batches cycled), ignores negatives,
     stays in the L-inf ball, restores the model; an empty positive set is a one-line error."""
-    from harness.directions import ProbeExample
+    from editbench.modeling.directions import ProbeExample
 
     lm = tiny("tiny-llama")
     before = {k: v.clone() for k, v in lm.model.state_dict().items()}
@@ -177,7 +177,7 @@ def test_ft_behaviour_fits_positive_responses_only():
 
 @pytest.mark.slow
 def test_mega_flips_a_real_edit():
-    from harness.models import load_model
+    from editbench.modeling.loading import load_model
 
     lm = load_model("smollm2-135m")
     case = next(c for c in CounterFact(split="rome500").load(12) if c.case_id == 20952)  # Angola -> Antarctica
@@ -195,7 +195,7 @@ def test_mega_flips_a_real_edit():
 def test_gate_standardisation_ignores_a_shared_outlier_dimension(gate_norm, leaks):
     """A huge dimension shared by every token (as in Gemma 3's residual stream) makes raw cosines ~1
     for any pair of prompts; the standardised gate still keeps an unrelated prompt out of scope."""
-    from harness.hooks import hooked
+    from editbench.modeling.hooks import hooked
 
     lm = tiny("tiny-llama")
 

@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from harness import metrics as M
-from harness.scoring import TargetScore
+from editbench.evaluation import metrics as M
+from editbench.evaluation.scoring import TargetScore
 
 
 def ts(nll, argmax=(1,), target=(1,)):

@@ -17,15 +17,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import registry
-from harness.cli import main
-from harness.conformance import CHECKS, assert_conforms, check_method, format_table
-from harness.directions import edit_probe_pair, extract_directions
-from harness.errors import ConfigError
-from harness.interventions import ActivationIntervention, Intervention, NoIntervention, SteeringVector
-from harness.records import EditCase
-from harness.scaffold import names_for, scaffold
-from methods.base import Method
+from editbench.plugins import registry
+from editbench.cli import main
+from editbench.plugins.conformance import CHECKS, assert_conforms, check_method, format_table
+from editbench.modeling.directions import edit_probe_pair, extract_directions
+from editbench.errors import ConfigError
+from editbench.modeling.interventions import ActivationIntervention, Intervention, NoIntervention, SteeringVector
+from editbench.plugins.requests import EditCase
+from editbench.plugins.scaffold import names_for, scaffold
+from editbench.plugins.method import Method
 
 BUILTINS = ("unedited", "steering", "steering-layer", "steer2edit", "ft", "mega")
 
@@ -326,7 +326,7 @@ def test_scaffold_refuses_bad_names(tmp_path):
 
 def _editbench() -> list[str]:
     exe = Path(sys.executable).parent / "editbench"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "harness.cli"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "editbench.cli"]
 
 
 @pytest.mark.slow

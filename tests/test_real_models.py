@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from harness.cli import main
-from harness.models import load_model
-from harness.scoring import ScoreRequest, generate, score_targets
+from editbench.cli import main
+from editbench.modeling.loading import load_model
+from editbench.evaluation.scoring import ScoreRequest, generate, score_targets
 
 pytestmark = pytest.mark.slow
 

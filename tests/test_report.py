@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.cli import main
-from harness.compare import classify, compare_runs
-from harness.report import MISSING, write_report
-from harness.sweep import point_key
-from harness.tradeoff import analyze
+from editbench.cli import main
+from editbench.report.compare import classify, compare_runs
+from editbench.report.report import MISSING, write_report
+from editbench.runs.sweep import point_key
+from editbench.evaluation.tradeoff import analyze
 
 CHROMIUM = "/usr/bin/chromium"
 REPO = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ SWEEP_POINTS = [("unedited", {}, 0.0, 250.0, 50.0), ("steering", {"window": "res
 
 
 def make_sweep(root, name, limit=4, benchmark="reasoning_length", attribute="length", higher=False):
-    """A sweep directory as `editbench sweep` writes it, its analysis by harness.tradeoff.analyze.
+    """A sweep directory as `editbench sweep` writes it, its analysis by editbench.evaluation.tradeoff.analyze.
     The steer2edit alpha=0.6 test point lacks `accuracy`."""
     d = Path(root) / name
     d.mkdir(parents=True)

@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
-from harness.directions import ProbeExample, edit_probe_pair, extract_directions
-from harness.errors import ConfigError
-from harness.models import TINY_MODELS, load_model
-from harness.records import EditRequest
-from harness.scoring import ScoreRequest, score_targets
-from methods.base import parse_params
-from methods.steer2edit import Rank1Edits, Steer2Edit, compute_rank1_edits
+from editbench.modeling.directions import ProbeExample, edit_probe_pair, extract_directions
+from editbench.errors import ConfigError
+from editbench.modeling.loading import TINY_MODELS, load_model
+from editbench.plugins.requests import EditRequest
+from editbench.evaluation.scoring import ScoreRequest, score_targets
+from editbench.plugins.method import parse_params
+from editbench.methods.steer2edit import Rank1Edits, Steer2Edit, compute_rank1_edits
 
 POS = [ProbeExample("The capital of France is", " Paris"),
        ProbeExample("Q: Is the sky blue?\nA:", " Yes, it is.")]

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.directions import (Directions, ProbeExample, ProbeSet, edit_probe_pair, extract_directions,
+from editbench.modeling.directions import (Directions, ProbeExample, ProbeSet, edit_probe_pair, extract_directions,
                                 window_bounds)
-from harness.errors import ConfigError
-from harness.interventions import ActivationIntervention
-from harness.models import TINY_MODELS, load_model
-from harness.records import EditRequest
-from methods.steering import Steering, SteeringLayer
+from editbench.errors import ConfigError
+from editbench.modeling.interventions import ActivationIntervention
+from editbench.modeling.loading import TINY_MODELS, load_model
+from editbench.plugins.requests import EditRequest
+from editbench.methods.steering import Steering, SteeringLayer
 
 POS = [ProbeExample("The capital of France is", " Paris"),
        ProbeExample("Q: Is the sky blue?\nA:", " Yes, it is.")]
@@ -131,7 +131,7 @@ def test_directions_save_load_round_trip(tmp_path, name):
 
 
 def test_generation_mode_uses_model_responses():
-    from harness.scoring import generate
+    from editbench.evaluation.scoring import generate
 
     lm = load_model("tiny-mistral")
     prompts_p, prompts_n = ["Tell me a secret:", "Say hi:"], ["What is 2+2?"]

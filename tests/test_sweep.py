@@ -7,18 +7,18 @@ import shutil
 import pytest
 import yaml
 
-from benchmarks.attribute import split_indices
-from benchmarks.reasoning import ReasoningLength, clean_solution, last_number
-from benchmarks.safety import Safety
-from benchmarks.truthfulqa import TruthfulQA
-from harness.cli import main
-from harness.data import resolve_data_root
-from harness.errors import ConfigError, DataError
-from harness.interventions import NoIntervention
-from harness.judges import KeywordRefusalJudge, load_judge
-from harness.sweep import SweepConfig
-from harness.tradeoff import analyze, hypervolume, interpolate_front, pareto_front
-from harness.utility import UtilityConfig, UtilitySuite, mean_of_tasks
+from editbench.benchmarks.attribute import split_indices
+from editbench.benchmarks.reasoning import ReasoningLength, clean_solution, last_number
+from editbench.benchmarks.safety import Safety
+from editbench.benchmarks.truthfulqa import TruthfulQA
+from editbench.cli import main
+from editbench.data import resolve_data_root
+from editbench.errors import ConfigError, DataError
+from editbench.modeling.interventions import NoIntervention
+from editbench.evaluation.judges import KeywordRefusalJudge, load_judge
+from editbench.runs.sweep import SweepConfig
+from editbench.evaluation.tradeoff import analyze, hypervolume, interpolate_front, pareto_front
+from editbench.evaluation.utility import UtilityConfig, UtilitySuite, mean_of_tasks
 from tests.conftest import tiny
 
 DATA = resolve_data_root()
@@ -88,8 +88,8 @@ def test_truthfulqa_scoring_matches_direct_computation():
     b = TruthfulQA(seed=0)
     items = b.items("val", 3)
     recs = b.evaluate(lm, NoIntervention().uniform(lm), items, batch_size=2)
-    from harness.scoring import ScoreRequest, score_targets
-    from benchmarks.truthfulqa import qa_prompt
+    from editbench.evaluation.scoring import ScoreRequest, score_targets
+    from editbench.benchmarks.truthfulqa import qa_prompt
 
     for it, r in zip(items, recs):
         best, inc = score_targets(lm, [ScoreRequest(qa_prompt(it["question"]), it["best"]),

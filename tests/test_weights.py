@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from harness.weights import ColumnDelta, WeightEditTransaction
+from editbench.modeling.weights import ColumnDelta, WeightEditTransaction
 from tests.conftest import tiny
 
 

@@ -20,9 +20,9 @@ from typing import Callable
 
 import torch
 
-from .arch import ArchAdapter
-from .data import sha256_file
-from .errors import ConfigError, EditbenchError
+from editbench.modeling.arch import ArchAdapter
+from editbench.data import sha256_file
+from editbench.errors import ConfigError, EditbenchError
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import __version__, registry
-from .errors import ConfigError, EditbenchError
-from .models import DEFAULT_MODEL
+from editbench import __version__
+from editbench.plugins import registry
+from editbench.errors import ConfigError, EditbenchError
+from editbench.modeling.loading import DEFAULT_MODEL
 
 # Keys whose change alters results: a run directory refuses to resume under different values.
 RESULT_KEYS = ("model", "benchmark", "split", "method", "method_params", "strengths", "seed", "dtype",
@@ -208,7 +209,7 @@ def execute(cfg: RunConfig, progress: bool = True, on_chunk: Callable[[int], Non
     """Run (or resume) an evaluation; returns the summary dict (also written to disk)."""
     from tqdm.auto import tqdm
 
-    from .models import load_model
+    from editbench.modeling.loading import load_model
 
     cfg.validate()
     code_versions = versions()  # the code that runs is the code at start, whatever changes meanwhile

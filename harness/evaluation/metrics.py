@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .scoring import TargetScore
+from editbench.evaluation.scoring import TargetScore
 
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0

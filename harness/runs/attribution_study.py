@@ -19,13 +19,13 @@ from typing import Sequence
 
 import numpy as np
 
-from . import registry
-from .attribution import block_importance
-from .errors import ConfigError
-from .figures import save_figure
-from .models import LoadedModel
-from .runner import RunDir, versions
-from .scoring import ScoreRequest, score_targets
+from editbench.plugins import registry
+from editbench.modeling.attribution import block_importance
+from editbench.errors import ConfigError
+from editbench.report.figures import save_figure
+from editbench.modeling.loading import LoadedModel
+from editbench.runs.runner import RunDir, versions
+from editbench.evaluation.scoring import ScoreRequest, score_targets
 
 PANELS = (("promote_new", "promote o*  (Imp for o*)"), ("suppress_old", "suppress o  (-Imp for o)"))
 
@@ -99,7 +99,7 @@ def run_study(lm: LoadedModel, cases, editor_name: str, editor_params: dict, out
               width: int | None = None, split: str = "", progress: bool = True) -> dict:
     from tqdm.auto import tqdm
 
-    from .evaluator import seed_everything
+    from editbench.evaluation.evaluator import seed_everything
 
     n = lm.adapter.n_layers
     if width is not None and not 1 <= width <= n - int(0.4 * n):

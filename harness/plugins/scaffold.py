@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from editbench.errors import ConfigError
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9]*(?:[-_][a-z0-9]+)*$")
 MAX_NAME = 40
@@ -65,7 +65,7 @@ __all__ = ["__CLASS__"]
 _METHOD = '''\
 """__CLASS__: single-layer residual steering from the edit probe (a template: replace it with your method).
 
-Fitting one knowledge edit uses only the :class:`~harness.records.EditRequest`: the rewrite prompt
+Fitting one knowledge edit uses only the :class:`~editbench.plugins.requests.EditRequest`: the rewrite prompt
 completed with ``" " + target_new`` (positive) and with ``" " + target_true`` (negative). The
 direction ``r`` is the difference of the residual stream after decoder layer ``layer``, averaged
 over the target tokens (``window="response"``: with a shared prompt, the positions *predicting* the
@@ -74,7 +74,7 @@ stream at every position. It changes no weights, so the evaluator can batch many
 (one row each).
 
 A weight editor would instead return
-``WeightIntervention([ColumnDelta(layer, "mlp", slice(None), delta)])`` (see ``harness.weights``):
+``WeightIntervention([ColumnDelta(layer, "mlp", slice(None), delta)])`` (see ``editbench.modeling.weights``):
 the evaluator applies it in place, scaled by strength, and restores the weights bit-exactly.
 """
 
@@ -86,11 +86,8 @@ from typing import Sequence
 
 import torch
 
-from harness.directions import ProbeExample, edit_probe_pair, extract_directions
-from harness.errors import ConfigError
-from harness.interventions import ActivationIntervention, SteeringVector
-from harness.records import EditRequest
-from methods.base import Method
+from editbench import (ActivationIntervention, ConfigError, EditRequest, Method, ProbeExample, SteeringVector,
+                       edit_probe_pair, extract_directions)
 
 
 class __CLASS__(Method):
@@ -136,7 +133,7 @@ class __CLASS__(Method):
 _TEST = '''\
 """editbench's conformance suite on this plugin (the package must be installed: pip install -e .)."""
 
-from harness.conformance import assert_conforms
+from editbench import assert_conforms
 
 
 def test_conforms_with_default_params():
@@ -159,7 +156,7 @@ def validate_name(name: str) -> None:
     if not NAME_RE.match(name) or len(name) > MAX_NAME:
         raise ConfigError(f"invalid method name {name!r}: use lowercase letters, digits and single '-' or '_' "
                           f"between them, starting with a letter (at most {MAX_NAME} characters)")
-    from . import registry
+    from editbench.plugins import registry
 
     if name in registry.names("method"):
         raise ConfigError(f"a method named '{name}' is already registered (see `editbench methods`); choose another name")
@@ -204,7 +201,7 @@ def _cmd_new_method(a: argparse.Namespace) -> int:
 
 
 def _cmd_check_method(a: argparse.Namespace) -> int:
-    from .conformance import cmd_check_method  # imported on use: it pulls in the evaluator
+    from editbench.plugins.conformance import cmd_check_method  # imported on use: it pulls in the evaluator
 
     return cmd_check_method(a)
 
@@ -212,7 +209,7 @@ def _cmd_check_method(a: argparse.Namespace) -> int:
 def add_subcommands(sub: Any) -> None:
     """Register the plugin-kit subcommands (``check-method``, ``new-method``) on the CLI's subparsers.
     Lives in this light module so that building the parser does not import the conformance suite."""
-    from .models import TINY_MODELS
+    from editbench.modeling.loading import TINY_MODELS
 
     c = sub.add_parser("check-method", help="run the plugin conformance suite on a method")
     c.add_argument("name", help="registered method name (see `editbench methods`)")

@@ -2,7 +2,7 @@
 
 * :class:`NoIntervention` - the unedited model.
 * :class:`WeightIntervention` - low-rank column deltas applied through a
-  :class:`~harness.weights.WeightEditTransaction` (bit-exact restore).
+  :class:`~editbench.modeling.weights.WeightEditTransaction` (bit-exact restore).
 * :class:`ActivationIntervention` - vectors added at block outputs; *row-batchable*: many cases'
   interventions can share one forward pass, one row each (``apply_rows``).
 
@@ -18,11 +18,11 @@ from typing import ClassVar, ContextManager, Iterator, Literal, Sequence
 
 import torch
 
-from .arch import adapter_of
-from .hooks import add_to_output
-from .models import LoadedModel
-from .scoring import Batch, BatchContext
-from .weights import ColumnDelta, WeightEditTransaction
+from editbench.modeling.arch import adapter_of
+from editbench.modeling.hooks import add_to_output
+from editbench.modeling.loading import LoadedModel
+from editbench.evaluation.scoring import Batch, BatchContext
+from editbench.modeling.weights import ColumnDelta, WeightEditTransaction
 
 # attn / mlp: the block output added to the residual stream; attn_proj / mlp_proj: the output of
 # W_O / W_down itself (identical except on architectures with post-block norms, e.g. Gemma 2/3);

@@ -22,10 +22,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import metrics as M
-from .data import data_file, sha256_file
-from .errors import ConfigError, DataError
-from .scoring import generate, score_choices
+from editbench.evaluation import metrics as M
+from editbench.data import data_file, sha256_file
+from editbench.errors import ConfigError, DataError
+from editbench.evaluation.scoring import generate, score_choices
 
 MC_TASKS = {
     "csqa": "utility/csqa_dev_rand_split.jsonl",
@@ -143,7 +143,7 @@ class UtilitySuite:
 
     @torch.no_grad()
     def _perplexity(self, lm, bctx, split: str, batch_size: int) -> list[dict]:
-        from .scoring import Batch
+        from editbench.evaluation.scoring import Batch
 
         wins = self._windows(lm, split)
         out = []
@@ -164,7 +164,7 @@ class UtilitySuite:
         path = data_file(ALPACA, self.data_root)
         rows = [r["instruction"] for r in json.loads(path.read_text(encoding="utf-8"))[FLUENCY_OFFSET:]]
         idx = _halves(len(rows), self.cfg.seed)[split][: self.cfg.fluency]
-        from benchmarks.attribute import format_instruction
+        from editbench.benchmarks.attribute import format_instruction
 
         prompts = [format_instruction(lm.tokenizer, rows[i]) for i in idx]
         texts = generate(lm, prompts, max_new_tokens=self.cfg.max_new_tokens, batch_size=batch_size, batch_context=bctx)

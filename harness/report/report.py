@@ -27,9 +27,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .errors import EditbenchError
-from .figures import save_figure
-from .tradeoff import varying_params
+from editbench.errors import EditbenchError
+from editbench.report.figures import save_figure
+from editbench.evaluation.tradeoff import varying_params
 
 MISSING = "—"
 
@@ -390,7 +390,7 @@ def _short(h: Any) -> str:
 @lru_cache(maxsize=None)
 def _benchmark_class(name: str) -> Any:
     try:
-        from . import registry
+        from editbench.plugins import registry
 
         return registry.load("benchmark", name)
     except Exception:  # noqa: BLE001 - reporting must work without the plugin installed
@@ -428,7 +428,7 @@ def _method_defaults(method: str) -> dict | None:
     try:
         import dataclasses
 
-        from . import registry
+        from editbench.plugins import registry
 
         cls = registry.load("method", method)
         return json.loads(json.dumps(dataclasses.asdict(cls.Params()), default=str))
@@ -845,9 +845,9 @@ def _slug(text: str) -> str:
 
 
 def sweep_figure(sw: Sweep, stem: Path) -> Path | None:
-    """The sweep's test-split trade-off re-plotted by :func:`harness.tradeoff.plot_panels` (PNG + SVG)
+    """The sweep's test-split trade-off re-plotted by :func:`editbench.evaluation.tradeoff.plot_panels` (PNG + SVG)
     from the points whose attribute and utility have CIs; None when there are none."""
-    from .tradeoff import plot_panels
+    from editbench.evaluation.tradeoff import plot_panels
 
     pts = []
     for q in sw.points:

@@ -49,11 +49,11 @@ from typing import Iterable, Literal, Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
-from .arch import BLOCKS
-from .hooks import hooked
-from .models import LoadedModel
-from .records import EditRequest
-from .scoring import encode_prompt, encode_target, generate
+from editbench.modeling.arch import BLOCKS
+from editbench.modeling.hooks import hooked
+from editbench.modeling.loading import LoadedModel
+from editbench.plugins.requests import EditRequest
+from editbench.evaluation.scoring import encode_prompt, encode_target, generate
 
 log = logging.getLogger(__name__)
 

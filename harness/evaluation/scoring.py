@@ -15,7 +15,7 @@ from typing import Callable, ContextManager, Sequence
 
 import torch
 
-from .models import LoadedModel
+from editbench.modeling.loading import LoadedModel
 
 
 @dataclass(frozen=True)

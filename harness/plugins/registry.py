@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import entry_points
 
-from .errors import ConfigError
+from editbench.errors import ConfigError
 
 GROUPS = {"method": "editbench.methods", "benchmark": "editbench.benchmarks"}
 

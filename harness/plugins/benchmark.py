@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Sequence
 
-from harness.data import resolve_data_root, sha256_file
-from harness.errors import ConfigError
+from editbench.data import resolve_data_root, sha256_file
+from editbench.errors import ConfigError
 
 
 class Benchmark:

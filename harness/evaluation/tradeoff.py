@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .figures import save_figure
+from editbench.report.figures import save_figure
 
 Point = dict
 

@@ -7,7 +7,7 @@ method on a tiny random model (seconds, no data, no network) and reports one
 
 ``interface``
     the class has a name, a ``Params`` dataclass, constructs with default (or given) params and
-    ``fit_edit`` returns an :class:`~harness.interventions.Intervention`.
+    ``fit_edit`` returns an :class:`~editbench.modeling.interventions.Intervention`.
 ``restores-model``
     constructing, fitting, applying the intervention (one forward pass inside the context) and an
     exception raised inside the context all leave every parameter and buffer bit-identical
@@ -19,11 +19,11 @@ method on a tiny random model (seconds, no data, no network) and reports one
     with the same seed, a fresh instance and a reused one (after fitting another case) give
     bit-identical interventions and scores: the evaluator seeds once per case and relies on it.
 ``request-only``
-    ``fit_edit`` gets exactly an :class:`~harness.records.EditRequest`; while it runs, no evaluation
+    ``fit_edit`` gets exactly an :class:`~editbench.plugins.requests.EditRequest`; while it runs, no evaluation
     field of the case is read (the cases handed to the evaluator record attribute access), and
     replacing the case's evaluation prompts leaves the fitted intervention identical.
 ``batch-size``
-    :class:`~harness.evaluator.KnowledgeEditEvaluator` with ``batch_size`` 1 and 16 agrees within
+    :class:`~editbench.evaluation.evaluator.KnowledgeEditEvaluator` with ``batch_size`` 1 and 16 agrees within
     float noise (:data:`BATCH_ATOL`): row-batched interventions must land on their own row only.
 ``behaviour``
     only if the class declares ``"behaviour"`` in ``supports``: ``fit_behaviour`` on a tiny probe
@@ -46,14 +46,14 @@ from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from . import registry
-from .directions import ProbeExample
-from .errors import ConfigError, EditbenchError
-from .evaluator import KnowledgeEditEvaluator, seed_everything
-from .interventions import Intervention
-from .models import TINY_MODELS, LoadedModel, load_model
-from .records import EditCase, EditRequest
-from .scoring import ScoreRequest, TargetScore, score_targets
+from editbench.plugins import registry
+from editbench.modeling.directions import ProbeExample
+from editbench.errors import ConfigError, EditbenchError
+from editbench.evaluation.evaluator import KnowledgeEditEvaluator, seed_everything
+from editbench.modeling.interventions import Intervention
+from editbench.modeling.loading import TINY_MODELS, LoadedModel, load_model
+from editbench.plugins.requests import EditCase, EditRequest
+from editbench.evaluation.scoring import ScoreRequest, TargetScore, score_targets
 
 DEFAULT_CHECK_MODEL = "tiny-llama"
 #: Strength 0 must reproduce the unedited scores on identical batches. All built-in interventions
@@ -680,9 +680,9 @@ def cmd_check_method(a: argparse.Namespace) -> int:
 
 
 def add_subcommands(sub: Any) -> None:
-    """Alias of :func:`harness.scaffold.add_subcommands` (where the parsers live, so that building
+    """Alias of :func:`editbench.plugins.scaffold.add_subcommands` (where the parsers live, so that building
     the CLI parser does not import this module); kept for callers that import it from here."""
-    from .scaffold import add_subcommands as add
+    from editbench.plugins.scaffold import add_subcommands as add
 
     add(sub)
 

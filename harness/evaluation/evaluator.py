@@ -20,11 +20,11 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from . import metrics as M
-from .interventions import Intervention, NoIntervention
-from .models import LoadedModel
-from .records import EditCase
-from .scoring import ScoreRequest, TargetScore, generate, score_targets
+from editbench.evaluation import metrics as M
+from editbench.modeling.interventions import Intervention, NoIntervention
+from editbench.modeling.loading import LoadedModel
+from editbench.plugins.requests import EditCase
+from editbench.evaluation.scoring import ScoreRequest, TargetScore, generate, score_targets
 
 ROME_METRICS = ("efficacy", "efficacy_magnitude", "generalization", "generalization_magnitude",
                 "specificity", "specificity_magnitude")

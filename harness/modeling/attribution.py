@@ -20,9 +20,9 @@ from typing import Sequence
 
 import torch
 
-from .hooks import capture
-from .models import LoadedModel
-from .scoring import encode_prompt
+from editbench.modeling.hooks import capture
+from editbench.modeling.loading import LoadedModel
+from editbench.evaluation.scoring import encode_prompt
 
 
 @dataclass
@@ -91,7 +91,7 @@ def _post_norm_scale(out: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
 
 
 def _token_ids(lm: LoadedModel, tokens: Sequence[int | str]) -> torch.Tensor:
-    from .scoring import encode_target
+    from editbench.evaluation.scoring import encode_target
 
     ids = [t if isinstance(t, int) else encode_target(lm.tokenizer, t)[0] for t in tokens]
     return torch.tensor(ids, device=lm.device)

@@ -9,23 +9,34 @@ A method is a class registered under the ``editbench.methods`` entry-point group
             lr: float = 0.1
         def fit_edit(self, request: EditRequest) -> Intervention: ...
 
-``fit_edit`` sees only the :class:`~harness.records.EditRequest` (never evaluation prompts) and
-returns an :class:`~harness.interventions.Intervention`; the evaluator applies it with a
-``strength`` (0 = unedited) as a context manager.
+``fit_edit`` sees only the :class:`~editbench.plugins.requests.EditRequest` (never evaluation prompts) and
+returns an :class:`~editbench.modeling.interventions.Intervention`; the evaluator applies it with a
+``strength`` (0 = unedited) as a context manager. ``fit_behaviour`` (declared in ``supports``) fits
+one intervention from contrastive probe examples for the attribute benchmarks.
+
+This class is the whole contract: the core calls nothing on a method that is not declared here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Mapping, Sequence
 
-from harness.errors import ConfigError
-from harness.interventions import Intervention
-from harness.models import LoadedModel
-from harness.records import EditRequest
+from editbench.errors import ConfigError
+from editbench.modeling.interventions import Intervention
+from editbench.modeling.loading import LoadedModel
+from editbench.plugins.requests import EditRequest
+
+#: How a method changes the model; reports label and group rows by it, so a gated (semi-parametric)
+#: editor is never ranked against ungated ones without a label.
+MethodClass = Literal["reference", "weight-edit", "activation-steering", "gated"]
+METHOD_CLASSES: tuple[str, ...] = ("reference", "weight-edit", "activation-steering", "gated")
 
 
 class Method:
@@ -33,6 +44,8 @@ class Method:
     description: ClassVar[str] = ""
     #: Which kinds of fitting the method supports: "edit" (one knowledge edit) and/or "behaviour".
     supports: ClassVar[frozenset[str]] = frozenset({"edit"})
+    #: See :data:`MethodClass`.
+    method_class: ClassVar[str] = "weight-edit"
 
     @dataclass
     class Params:
@@ -44,12 +57,22 @@ class Method:
         self.params = parse_params(self.Params, params or {}, self.name)
 
     def fit_edit(self, request: EditRequest) -> Intervention:
+        """One knowledge edit (``"edit" in supports``)."""
         raise ConfigError(f"method '{self.name}' does not support knowledge edits")
+
+    def fit_behaviour(self, positives: Sequence[Any], negatives: Sequence[Any], window: str = "predict") -> Intervention:
+        """One behaviour edit from contrastive :class:`~editbench.modeling.directions.ProbeExample`
+        lists (``"behaviour" in supports``); ``window`` selects the token positions the probe
+        activations are averaged over (see :func:`~editbench.modeling.directions.extract_directions`)."""
+        raise ConfigError(f"method '{self.name}' does not support behaviour edits")
+
+    @classmethod
+    def default_params(cls) -> dict[str, Any]:
+        """The default hyperparameters as plain JSON values."""
+        return json.loads(json.dumps(dataclasses.asdict(cls.Params()), default=str))
 
 
 def _convert(value: Any, typ: Any, key: str, method: str) -> Any:
-    if isinstance(typ, str):  # postponed annotations
-        typ = eval(typ, vars(typing))  # noqa: S307 - annotation strings of our own dataclasses
     origin = typing.get_origin(typ)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(typ) if a is not type(None)]
@@ -69,6 +92,8 @@ def _convert(value: Any, typ: Any, key: str, method: str) -> Any:
             out = typ(value)
             if typ is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
+            if typ is float and not math.isfinite(out):
+                raise ConfigError(f"method '{method}': hyperparameter '{key}' must be a finite number, got {value!r}")
             return out
         if typing.get_origin(typ) in (tuple, list):
             items = value.split(",") if isinstance(value, str) else list(value)
@@ -76,6 +101,8 @@ def _convert(value: Any, typ: Any, key: str, method: str) -> Any:
             return typing.get_origin(typ)(_convert(v, inner, key, method) for v in items)
         if typ is str:
             return str(value)
+        if typ is Path:
+            return Path(str(value))
     except (TypeError, ValueError):
         raise ConfigError(f"method '{method}': hyperparameter '{key}' expects {getattr(typ, '__name__', typ)}, got {value!r}") from None
     return value
@@ -84,11 +111,15 @@ def _convert(value: Any, typ: Any, key: str, method: str) -> Any:
 def parse_params(cls: type, given: Mapping[str, Any], method: str = "") -> Any:
     """Build the Params dataclass from user values (strings from the CLI are converted)."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    try:  # resolves postponed (string) annotations, e.g. ``Path | None`` under ``from __future__ import annotations``
+        hints = typing.get_type_hints(cls)
+    except Exception as e:  # noqa: BLE001 - a plugin's broken annotation is its author's one-line error
+        raise ConfigError(f"method '{method}': cannot resolve the Params annotations ({type(e).__name__}: {e})") from None
     unknown = sorted(set(given) - set(fields))
     if unknown:
         have = ", ".join(fields) or "none"
         raise ConfigError(f"method '{method}' has no hyperparameter '{unknown[0]}' (has: {have})")
-    kwargs = {k: _convert(v, fields[k].type, k, method) for k, v in given.items()}
+    kwargs = {k: _convert(v, hints.get(k, fields[k].type), k, method) for k, v in given.items()}
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as e:

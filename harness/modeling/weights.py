@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from .arch import ArchAdapter, Block
+from editbench.modeling.arch import ArchAdapter, Block
 
 
 @dataclass

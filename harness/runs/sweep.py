@@ -5,11 +5,11 @@
 * ``points.jsonl`` - one line per (point, split): method, params, strength, attribute and utility
   aggregates with bootstrap CIs, seconds; appended as points finish (a rerun resumes);
 * ``items.jsonl``  - the per-item records every aggregate comes from (tagged with the point key);
-* ``summary.json`` + ``analysis.md`` + ``tradeoff.{png,svg}`` - see :mod:`harness.tradeoff`.
+* ``summary.json`` + ``analysis.md`` + ``tradeoff.{png,svg}`` - see :mod:`editbench.evaluation.tradeoff`.
 Splits: every point is measured on ``val`` (operating points are chosen there) and on ``test``
 (where the chosen points are reported). The original model is the point ``unedited``.
 
-Two kinds of benchmark plug in: attribute benchmarks (:class:`benchmarks.attribute.AttributeBenchmark`,
+Two kinds of benchmark plug in: attribute benchmarks (:class:`editbench.benchmarks.attribute.AttributeBenchmark`,
 fitted once per configuration on their probe split, applied to every row) and knowledge-edit
 benchmarks (CounterFact: fitted per edit; attribute = ROME Score; utility measured under each of
 the first ``utility_edits`` edits in turn).
@@ -29,13 +29,13 @@ from typing import Any
 
 import yaml
 
-from . import metrics as M
-from . import registry
-from .errors import ConfigError, DataError
-from .interventions import NoIntervention
-from .models import DEFAULT_MODEL
-from .runner import RunDir, code_version, versions
-from .utility import UtilityConfig, UtilitySuite
+from editbench.evaluation import metrics as M
+from editbench.plugins import registry
+from editbench.errors import ConfigError, DataError
+from editbench.modeling.interventions import NoIntervention
+from editbench.modeling.loading import DEFAULT_MODEL
+from editbench.runs.runner import RunDir, code_version, versions
+from editbench.evaluation.utility import UtilityConfig, UtilitySuite
 
 
 @dataclass
@@ -213,10 +213,10 @@ class _Original:
 def run_sweep(cfg: SweepConfig, progress: bool = True) -> dict:
     from tqdm.auto import tqdm
 
-    from benchmarks.attribute import AttributeBenchmark
+    from editbench.benchmarks.attribute import AttributeBenchmark
 
-    from .models import load_model
-    from .tradeoff import analyze, write_analysis
+    from editbench.modeling.loading import load_model
+    from editbench.evaluation.tradeoff import analyze, write_analysis
 
     bench_cls = registry.load("benchmark", cfg.benchmark)
     method_classes = {m.name: registry.load("method", m.name) for m in cfg.methods}

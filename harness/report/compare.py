@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .errors import EditbenchError
-from .report import (Run, load_summary, metric_directions, normalize_agg, order_metrics, protocol_diff,
+from editbench.errors import EditbenchError
+from editbench.report.report import (Run, load_summary, metric_directions, normalize_agg, order_metrics, protocol_diff,
                      protocol_of)
 
 EPS = 1e-9

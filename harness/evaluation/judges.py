@@ -10,7 +10,7 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 from typing import ClassVar, Protocol, Sequence
 
-from .errors import ConfigError
+from editbench.errors import ConfigError
 
 # The GCG refusal list (Zou et al. 2023) as used by refusal-steering work, plus the stems the
 # Steer2Edit paper names ("As an", "I must"). Case-sensitive substring match, as in GCG.

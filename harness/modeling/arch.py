@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .errors import UnsupportedArchitecture
+from editbench.errors import UnsupportedArchitecture
 
 Block = Literal["attn", "mlp"]
 BLOCKS: tuple[Block, Block] = ("attn", "mlp")
