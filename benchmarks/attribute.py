@@ -11,16 +11,16 @@ metric (a rate in [0, 1] or a count), so aggregates and bootstrap CIs come from 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
 from editbench.modeling.directions import ProbeSet
-from editbench.errors import ConfigError, DataError
+from editbench.errors import ConfigError
 
 from editbench.plugins.benchmark import Benchmark
+from editbench import results
 
 EVAL_SPLITS = ("val", "test")
 
@@ -53,20 +53,14 @@ def format_instruction(tokenizer, instruction: str) -> str:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}: line {i} is not valid JSON ({e.msg})") from None
-    return out
+    """A JSON-lines data file (each line an object; one-line errors naming file and line)."""
+    return results.read_jsonl(path, finished=True)
 
 
 class AttributeBenchmark(Benchmark):
     """Base class; subclasses define the pool, the probe set and per-item scoring."""
 
+    kind = "attribute"
     splits: ClassVar[tuple[str, ...]] = EVAL_SPLITS
     default_split: ClassVar[str] = "test"
     #: name of the attribute metric and whether larger values are the wanted behaviour
@@ -118,6 +112,12 @@ class AttributeBenchmark(Benchmark):
 
     def check_runnable(self) -> None:
         raise ConfigError(f"benchmark '{self.name}' is an attribute benchmark: run it with `editbench sweep CONFIG.yaml`")
+
+    @classmethod
+    def sweep_track(cls, lm, cfg):
+        from editbench.runs.tracks import AttributeTrack
+
+        return AttributeTrack(cls(data_root=cfg.data_root, seed=cfg.seed, options=cfg.benchmark_options), lm, cfg)
 
     def make_evaluator(self, lm, method, **options):
         self.check_runnable()

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from editbench.errors import DataError
-from editbench.plugins.requests import EditCase, EditRequest
+from editbench.errors import ConfigError, DataError
+from editbench.requests import EditCase, EditRequest
 
 from editbench.plugins.benchmark import Benchmark
 
@@ -121,3 +121,11 @@ class CounterFact(Benchmark):
         from editbench.evaluation.evaluator import KnowledgeEditEvaluator
 
         return KnowledgeEditEvaluator(lm, method, **options)
+
+    @classmethod
+    def sweep_track(cls, lm, cfg):
+        from editbench.runs.tracks import EditTrack
+
+        if cfg.benchmark_options:
+            raise ConfigError(f"benchmark '{cls.name}' takes no benchmark_options")
+        return EditTrack(cls, lm, cfg)

@@ -18,7 +18,7 @@ import numpy as np
 from editbench.data import data_file
 from editbench.modeling.directions import ProbeExample, ProbeSet
 from editbench.errors import DataError
-from editbench.evaluation.scoring import generate
+from editbench.modeling.scoring import generate
 
 from editbench.benchmarks.attribute import AttributeBenchmark, format_instruction, read_jsonl
 

@@ -21,7 +21,7 @@ from editbench.data import data_file
 from editbench.modeling.directions import ProbeExample, ProbeSet
 from editbench.errors import ConfigError, DataError
 from editbench.evaluation.judges import load_judge
-from editbench.evaluation.scoring import generate
+from editbench.modeling.scoring import generate
 
 from editbench.benchmarks.attribute import AttributeBenchmark, format_instruction
 

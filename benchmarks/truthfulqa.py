@@ -18,7 +18,7 @@ from typing import Sequence
 from editbench.data import data_file
 from editbench.modeling.directions import ProbeExample, ProbeSet
 from editbench.errors import DataError
-from editbench.evaluation.scoring import score_choices
+from editbench.modeling.scoring import score_choices
 
 from editbench.benchmarks.attribute import AttributeBenchmark
 

@@ -4,11 +4,15 @@ The public API is importable from here (``from editbench import Method, load_mod
 resolve lazily so that ``import editbench`` (e.g. for the command line) does not import torch.
 
 Subpackages, by concern:
+* :mod:`editbench.errors`, :mod:`editbench.data`, :mod:`editbench.requests`, :mod:`editbench.results`
+  - the base: one-line errors, the data root, edit requests/cases, the result files (the only
+  reader/writer of JSON lines and summaries);
 * :mod:`editbench.modeling` - model loading, architecture adapters, hooks, weight transactions,
-  interventions, steering directions, attribution;
-* :mod:`editbench.evaluation` - batched scoring, metrics (and their registry), evaluators, utility
-  suite, judges, trade-off analysis;
-* :mod:`editbench.runs` - configurations, run / sweep / study directories, the result files;
+  interventions, batched scoring and generation, steering directions, attribution;
+* :mod:`editbench.evaluation` - metrics (and their registry), evaluators, utility suite, judges,
+  trade-off analysis;
+* :mod:`editbench.runs` - configurations, provenance, run / sweep / study directories (one writer
+  each);
 * :mod:`editbench.report` - leaderboard model, Markdown, HTML, figures, regression compare;
 * :mod:`editbench.plugins` - the method and benchmark contracts, registry, conformance suite, scaffold;
 * :mod:`editbench.methods`, :mod:`editbench.benchmarks` - the built-in plugins.
@@ -24,8 +28,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Method": "editbench.plugins.method",
     "Benchmark": "editbench.plugins.benchmark",
-    "EditRequest": "editbench.plugins.requests",
-    "EditCase": "editbench.plugins.requests",
+    "EditRequest": "editbench.requests",
+    "EditCase": "editbench.requests",
     "MetricSpec": "editbench.evaluation.metric_registry",
     "register_metric": "editbench.evaluation.metric_registry",
     "Intervention": "editbench.modeling.interventions",

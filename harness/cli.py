@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import itertools
-import json
 import logging
 import os
+import signal
 import sys
+from pathlib import Path
+from typing import Any
 
 from editbench import __version__
 from editbench.plugins import registry
@@ -15,45 +16,59 @@ from editbench.errors import EditbenchError
 from editbench.modeling.loading import DEFAULT_MODEL, list_models
 
 
-def _params(items: list[str]) -> dict:
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise EditbenchError(f"--param expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
+def _run_plan(a: argparse.Namespace) -> list[tuple[dict, Any]]:
+    """(grid point, RunConfig) per run directory, from flags or from ``--config FILE.yaml``."""
+    from editbench.runs.config import load_yaml, parse_grid_flags, parse_kv, parse_methods, parse_strengths, safe_name
+    from editbench.runs.runner import RunConfig
 
+    common = dict(model=a.model, benchmark=a.benchmark, split=a.split, limit=a.limit, seed=a.seed,
+                  batch_size=a.batch_size, chunk_size=a.chunk_size, device=a.device, dtype=a.dtype,
+                  generation=a.generation, max_new_tokens=a.max_new_tokens, data_root=a.data_root)
+    if a.config:
+        if a.param or a.grid or a.method != "unedited":
+            raise EditbenchError("--config gives the methods; do not combine it with --method, --param or --grid")
+        d = load_yaml(a.config)
+        allowed = set(common) | {"methods", "out"}
+        unknown = sorted(set(d) - allowed)
+        if unknown:
+            raise EditbenchError(f"{a.config}: no key '{unknown[0]}' for a run config (keys: {', '.join(sorted(allowed))})")
+        base_out = a.out or d.get("out")
+        if not isinstance(base_out, str) or not base_out.strip():
+            raise EditbenchError(f"{a.config}: needs 'out' (a directory), or pass --out")
+        common.update({k: v for k, v in d.items() if k in common})
+        plan = []
+        for spec in parse_methods(d.get("methods")):
+            for params in spec.configs():
+                varying = {k: params[k] for k in spec.grid}
+                out = Path(base_out) / spec.name / (safe_name(varying) if varying else "default")
+                plan.append((dict(method=spec.name, **varying),
+                             RunConfig(**common, method=spec.name, method_params=params, strengths=spec.strengths,
+                                       out=str(out))))
+        return plan
+    base = parse_kv(a.param)
+    grid = parse_grid_flags(a.grid)
+    from editbench.runs.config import expand_grid
 
-def _grid(items: list[str] | None) -> list[dict[str, str]]:
-    """``--grid KEY=V1,V2`` (repeatable) -> every combination, as --param dicts (one {} without grid)."""
-    axes = {k: [x.strip() for x in v.split(",")] for k, v in sorted(_params(items).items())}
-    for k, values in axes.items():
-        if not all(values):
-            raise EditbenchError(f"--grid {k}= needs comma-separated values, got {','.join(values)!r}")
-    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+    plan = []
+    for params in expand_grid(base, grid):  # one run directory per grid point (each resumable on its own)
+        point = {k: params[k] for k in grid}
+        out = a.out
+        if point and a.out is not None:  # without --out, each point gets its default directory
+            out = str(Path(a.out) / safe_name(point))
+        plan.append((point, RunConfig(**common, method=a.method, method_params=params,
+                                      strengths=parse_strengths(a.strengths), out=out)))
+    return plan
 
 
 def _cmd_run(a: argparse.Namespace) -> int:
-    from pathlib import Path
+    from editbench.runs.runner import execute, format_grid_table, format_table
 
-    from editbench.runs.runner import RunConfig, execute, format_grid_table, format_table, parse_strengths
-
-    base = _params(a.param)
-    grid = _grid(a.grid)
-    clash = sorted(set(base) & set(grid[0]))
-    if clash:
-        raise EditbenchError(f"'{clash[0]}' is given both as --param and as --grid")
     runs = []
-    for point in grid:  # one run directory per grid point (each resumable on its own)
-        out = a.out
-        if point and a.out:
-            out = str(Path(a.out) / ",".join(f"{k}={v}" for k, v in point.items()))
-        cfg = RunConfig(model=a.model, benchmark=a.benchmark, split=a.split, method=a.method,
-                        method_params={**base, **point}, strengths=parse_strengths(a.strengths), limit=a.limit,
-                        seed=a.seed, batch_size=a.batch_size, chunk_size=a.chunk_size, device=a.device, dtype=a.dtype,
-                        generation=a.generation, max_new_tokens=a.max_new_tokens, data_root=a.data_root, out=out)
-        summary = execute(cfg, progress=not a.quiet)
+    plan = _run_plan(a)
+    for _point, cfg in plan:  # every configuration is checked before the first one runs
+        cfg.validate()
+    for point, cfg in plan:
+        summary = execute(cfg, progress=not a.quiet, wait=a.wait)
         label = f" ({', '.join(f'{k}={v}' for k, v in point.items())})" if point else ""
         print(f"# {cfg.method}{label} on {cfg.benchmark}/{cfg.split}, model {cfg.model}, {summary['n_cases']} cases")
         print(format_table(summary))
@@ -69,17 +84,20 @@ def _cmd_attribute(a: argparse.Namespace) -> int:
     from pathlib import Path
 
     from editbench.benchmarks.counterfact import CounterFact
+    from editbench.runs.config import parse_kv
 
     from editbench.runs.attribution_study import format_findings, run_study
     from editbench.modeling.loading import load_model
 
     if a.limit is not None and a.limit < 1:
         raise EditbenchError(f"limit must be >= 1, got {a.limit}")
-    cases = CounterFact(data_root=a.data_root, split=a.split).load(a.limit)
+    bench = CounterFact(data_root=a.data_root, split=a.split)
+    cases = bench.load(a.limit)
+    data_sha256 = {Path(k).name: v for k, v in bench.provenance()["files"].items()}
     out = Path(a.out or f"runs/{a.model.replace('/', '__')}/attribution-{a.editor}")
     lm = load_model(a.model, device=a.device, dtype=a.dtype, seed=a.seed)
-    art = run_study(lm, cases, a.editor, _params(a.param), out, seed=a.seed, width=a.width, split=a.split,
-                    progress=not a.quiet)
+    art = run_study(lm, cases, a.editor, parse_kv(a.param), out, seed=a.seed, width=a.width, split=a.split,
+                    progress=not a.quiet, wait=a.wait, data_sha256=data_sha256)
     print(format_findings(art))
     print(f"\nregion artifact: {out}/region.json (use: --method mega --param region_file={out}/region.json)")
     print(f"tables: {out}/layers.csv, heatmap: {out}/heatmap.png, per-case: {out}/cases.jsonl")
@@ -87,42 +105,38 @@ def _cmd_attribute(a: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(a: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from editbench.runs.runner import RunDir
-    from editbench.runs.sweep import SweepConfig, run_sweep
     from editbench.evaluation.tradeoff import format_analysis
+    from editbench.results import load_summary
+    from editbench.runs.sweep import SweepConfig, run_sweep
 
     cfg = SweepConfig.load(a.config)
-    if a.out:
+    if a.out is not None:
+        if not a.out.strip():
+            raise EditbenchError("--out must not be empty")
         cfg.out = a.out
     if a.limit is not None:
         cfg.limit = a.limit
-    summary = run_sweep(cfg, progress=not a.quiet)
-    points = RunDir(Path(cfg.out)).read_records(Path(cfg.out) / "points.jsonl")
+        cfg.validate()
+    summary = run_sweep(cfg, progress=not a.quiet, wait=a.wait)
+    points = load_summary(cfg.out, expect="sweep").points()
     print(format_analysis(summary, points))
     print(f"results: {cfg.out}/points.jsonl, per-item records: {cfg.out}/items.jsonl, figure: {cfg.out}/tradeoff.png")
     return 0
 
 
 def _cmd_curves(a: argparse.Namespace) -> int:
-    from pathlib import Path
+    from editbench.evaluation.tradeoff import DEFAULT_BASELINE
+    from editbench.report.plotting import plot_panels
+    from editbench.results import load_summary
 
-    from editbench.errors import DataError
-    from editbench.runs.runner import RunDir
-    from editbench.evaluation.tradeoff import plot_panels
-
-    panels = []
+    panels, baselines = [], []
     for d in a.sweeps:
-        path = Path(d)
-        if not (path / "summary.json").is_file():
-            raise DataError(f"{path} is not a finished sweep directory (no summary.json)")
-        summary = json.loads((path / "summary.json").read_text())
-        points = RunDir(path).read_records(path / "points.jsonl", truncate=False)
-        panels.append((f"{summary['config']['model']} / {summary['config']['benchmark']}", points,
-                       summary["config"]["track"]))
+        sw = load_summary(d, expect="sweep")
+        panels.append((f"{sw.config.get('model')} / {sw.config.get('benchmark')}", sw.points(), sw.track))
+        baselines.append(sw.analysis.get("baseline") or sw.config.get("baseline"))
+    baseline = a.baseline or next((b for b in baselines if isinstance(b, str)), DEFAULT_BASELINE)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    for p in plot_panels(panels, Path(a.out), split=a.split, baseline=a.baseline):
+    for p in plot_panels(panels, Path(a.out), split=a.split, baseline=baseline):
         print(p)
     return 0
 
@@ -158,12 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default=None, help="run directory (default runs/MODEL/BENCH-SPLIT/METHOD); resumes if present")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--batch-size", type=int, default=32)
-    r.add_argument("--chunk-size", type=int, default=32, help="cases evaluated (and written) together")
+    r.add_argument("--chunk-size", type=int, default=8, help="cases evaluated (and saved) together")
     r.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
     r.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     r.add_argument("--generation", action="store_true", help="also generate from generation prompts (fluency)")
     r.add_argument("--max-new-tokens", type=int, default=64)
     r.add_argument("--data-root", default=None, help="data bundle root (default $EDITBENCH_DATA or ../shared/data)")
+    r.add_argument("--config", default=None, metavar="FILE.yaml",
+                   help="run every entry of a config's methods: list (the sweep's shape: name, params, grid, strengths)")
+    r.add_argument("--wait", action="store_true", help="wait for another process writing the same --out")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_cmd_run)
 
@@ -179,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--device", default="cpu")
     at.add_argument("--dtype", default="float32")
     at.add_argument("--data-root", default=None)
+    at.add_argument("--wait", action="store_true", help="wait for another process writing the same study directory")
     at.add_argument("--quiet", action="store_true")
     at.set_defaults(func=_cmd_attribute)
 
@@ -186,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("config")
     sw.add_argument("--out", default=None, help="override the config's output directory")
     sw.add_argument("--limit", type=int, default=None, help="override the config's held-out items per split")
+    sw.add_argument("--wait", action="store_true", help="wait for another process writing the same sweep directory")
     sw.add_argument("--quiet", action="store_true")
     sw.set_defaults(func=_cmd_sweep)
 
@@ -193,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("sweeps", nargs="+")
     cv.add_argument("--out", required=True, help="figure path without extension (PNG and SVG are written)")
     cv.add_argument("--split", default="test", choices=["val", "test"])
-    cv.add_argument("--baseline", default="steering")
+    cv.add_argument("--baseline", default=None, help="method compared against (default: the sweep's baseline)")
     cv.set_defaults(func=_cmd_curves)
 
     from editbench.report import compare
@@ -218,12 +237,21 @@ def _setup_logging() -> None:
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
 
+class Terminated(Exception):
+    """SIGTERM, turned into an exception so that the same clean exit path runs as for Ctrl-C."""
+
+
+def _on_sigterm(_signum, _frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     _setup_logging()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return args.func(args)
     except EditbenchError as e:
@@ -232,11 +260,17 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # file-system trouble (path is a file, permission, disk full): one line
         print(f"editbench: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("editbench: interrupted; finished cases are saved, rerun the same command to resume", file=sys.stderr)
+    except KeyboardInterrupt:  # a leading newline ends a progress bar's line
+        print("\neditbench: interrupted; finished cases are saved, rerun the same command to resume", file=sys.stderr)
         return 130
+    except Terminated:
+        print("\neditbench: terminated (SIGTERM); finished cases are saved, rerun the same command to resume",
+              file=sys.stderr)
+        return 143
     except BrokenPipeError:
         return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ from editbench.errors import ConfigError
 from editbench.modeling.directions import ProbeExample
 from editbench.modeling.hooks import hooked
 from editbench.modeling.interventions import Intervention, WeightIntervention
-from editbench.plugins.requests import EditRequest
-from editbench.evaluation.scoring import ScoreRequest, mean_target_nll
+from editbench.requests import EditRequest
+from editbench.modeling.scoring import ScoreRequest, mean_target_nll
 from editbench.modeling.weights import ColumnDelta
 
 from editbench.plugins.method import Method

@@ -46,8 +46,8 @@ import torch
 from editbench.errors import ConfigError
 from editbench.modeling.hooks import add_to_output, capture, hooked
 from editbench.modeling.interventions import ActivationIntervention, SteeringVector
-from editbench.plugins.requests import EditRequest
-from editbench.evaluation.scoring import Batch, ScoreRequest, encode_prompt, encode_target, target_logprobs
+from editbench.requests import EditRequest
+from editbench.modeling.scoring import Batch, ScoreRequest, encode_prompt, encode_target, target_logprobs
 
 from editbench.plugins.method import Method
 
@@ -358,7 +358,7 @@ class MEGA(Method):
 
 
 def _prompt_batch(lm, prompts: list[str]) -> Batch:
-    from editbench.evaluation.scoring import _layout
+    from editbench.modeling.scoring import _layout
 
     enc = [encode_prompt(lm.tokenizer, q) for q in prompts]
     # a one-token dummy target makes _layout return exactly the prompt tokens

@@ -38,7 +38,7 @@ The strength multiplies every lambda, so strength ``s`` with ``alpha = 0.5`` equ
 Knowledge-editing adaptation (ours, not in the paper): a CounterFact edit is turned into a probe
 pair, the rewrite prompt completed with ``" " + target_new`` (positive) versus with
 ``" " + target_true`` (negative), tokenised as the ROME scorer does. Only the
-:class:`~editbench.plugins.requests.EditRequest` is used. With one probe pair, ``mu`` comes from those two
+:class:`~editbench.requests.EditRequest` is used. With one probe pair, ``mu`` comes from those two
 examples. Because both examples share the prompt, the paper's averaging window ("predict": the
 positions predicting response tokens) collapses to the single shared last prompt position for
 one-token targets and gives ``v = 0`` (no edit); the ``window`` parameter therefore defaults to
@@ -64,7 +64,7 @@ from editbench.modeling.directions import WINDOWS, Directions, ProbeExample, edi
 from editbench.errors import ConfigError
 from editbench.modeling.interventions import WeightIntervention
 from editbench.modeling.loading import LoadedModel
-from editbench.plugins.requests import EditRequest
+from editbench.requests import EditRequest
 from editbench.modeling.weights import ColumnDelta
 
 from editbench.plugins.method import Method

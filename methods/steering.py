@@ -22,7 +22,7 @@ from editbench.modeling.arch import BLOCKS
 from editbench.modeling.directions import WINDOWS, Directions, ProbeExample, edit_probe_pair, extract_directions
 from editbench.errors import ConfigError
 from editbench.modeling.interventions import ActivationIntervention, SteeringVector
-from editbench.plugins.requests import EditRequest
+from editbench.requests import EditRequest
 
 from editbench.plugins.method import Method
 

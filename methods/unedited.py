@@ -6,7 +6,7 @@ from typing import Sequence
 
 from editbench.modeling.directions import ProbeExample
 from editbench.modeling.interventions import Intervention, NoIntervention
-from editbench.plugins.requests import EditRequest
+from editbench.requests import EditRequest
 
 from editbench.plugins.method import Method
 

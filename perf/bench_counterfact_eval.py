@@ -22,7 +22,7 @@ import torch
 from editbench.benchmarks.counterfact import CounterFact
 from editbench.evaluation.evaluator import FAMILIES, KnowledgeEditEvaluator, case_slots
 from editbench.modeling.loading import load_model
-from editbench.evaluation.scoring import _batches, _layout, encode_prompt, encode_target
+from editbench.modeling.scoring import _batches, _layout, encode_prompt, encode_target
 from editbench.methods.unedited import Unedited
 
 

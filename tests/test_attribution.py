@@ -8,7 +8,7 @@ from editbench.modeling.attribution import block_importance, head_importance, ne
 from editbench.runs.attribution_study import run_study, select_region
 from editbench.cli import main
 from editbench.modeling.hooks import capture
-from editbench.evaluation.scoring import encode_prompt, encode_target
+from editbench.modeling.scoring import encode_prompt, encode_target
 from tests.conftest import tiny
 
 PROMPTS = ["The capital of France is", "ab", "Water boils at one hundred"]

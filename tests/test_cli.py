@@ -62,7 +62,7 @@ def test_gzipped_records_are_read_and_resumed(cf_root, tmp_path, capsys):
     it and appends, losing nothing."""
     import gzip
 
-    from editbench.runs.runner import RunDir
+    from editbench.results import read_jsonl
 
     out = tmp_path / "run"
     base = ["run", *TINY, "--data-root", str(cf_root), "--out", str(out)]
@@ -70,7 +70,7 @@ def test_gzipped_records_are_read_and_resumed(cf_root, tmp_path, capsys):
     plain = (out / "cases.jsonl").read_bytes()
     (out / "cases.jsonl.gz").write_bytes(gzip.compress(plain))
     (out / "cases.jsonl").unlink()
-    assert RunDir(out).read_records(truncate=False) == [json.loads(l) for l in plain.splitlines()]
+    assert read_jsonl(out / "cases.jsonl") == [json.loads(l) for l in plain.splitlines()]
     assert (out / "cases.jsonl.gz").exists() and not (out / "cases.jsonl").exists()  # a reader changes nothing
     assert run([*base, "--limit", "3"], capsys)[0] == 0
     lines = (out / "cases.jsonl").read_bytes().splitlines(keepends=True)
@@ -132,7 +132,7 @@ def test_run_refuses_attribute_benchmark_and_file_out(cf_root, tmp_path, capsys)
     assert not (tmp_path / "o").exists()  # refused before anything is written
     (tmp_path / "afile").write_text("keep")
     code, _, err = run(["run", *TINY, "--data-root", str(cf_root), "--out", str(tmp_path / "afile")], capsys)
-    assert code == 2 and "File exists" in err and err.count("\n") == 1
+    assert code == 2 and "is not a directory" in err and err.count("\n") == 1
     assert (tmp_path / "afile").read_text() == "keep"
 
 
@@ -142,17 +142,18 @@ def test_run_grid_one_directory_per_point(cf_root, tmp_path, capsys):
     code, stdout, err = run([*base, "--grid", "rho_attn=0.1,0.3", "--param", "alpha=0.5", "--strengths", "1,2"], capsys)
     assert code == 0, err
     dirs = sorted(p.name for p in out.iterdir())
-    assert dirs == ["rho_attn=0.1", "rho_attn=0.3"]
+    assert [d.rsplit("-", 1)[0] for d in dirs] == ["rho_attn=0.1", "rho_attn=0.3"]  # slug + hash of the exact value
     for d in dirs:
         cfg = json.loads((out / d / "config.json").read_text())
-        assert cfg["method_params"]["rho_attn"] == float(d.split("=")[1]) and cfg["method_params"]["alpha"] == 0.5
+        assert cfg["method_params"]["rho_attn"] == float(d.rsplit("-", 1)[0].split("=")[1])
+        assert cfg["method_params"]["alpha"] == 0.5
         assert len((out / d / "cases.jsonl").read_text().splitlines()) == 4  # 2 cases x 2 strengths
     table = stdout.split("# grid: trade-off across configurations and strengths")[1]
     rows = [l for l in table.splitlines() if l.startswith("| rho_attn=")]
     assert [r.split(" | ")[:2] for r in rows] == [["| rho_attn=0.1", "1"], ["| rho_attn=0.1", "2"],
                                                   ["| rho_attn=0.3", "1"], ["| rho_attn=0.3", "2"]]
     for bad, msg in ((["--grid", "rho_attn="], "needs comma-separated values"),
-                     (["--grid", "alpha=0.1,0.2", "--param", "alpha=0.5"], "both as --param and as --grid"),
+                     (["--grid", "alpha=0.1,0.2", "--param", "alpha=0.5"], "both as a fixed parameter and as a grid axis"),
                      (["--grid", "nope=1,2"], "has no hyperparameter 'nope'")):
         code, _, err = run([*base, *bad], capsys)
         assert code == 2 and msg in err and err.count("\n") == 1

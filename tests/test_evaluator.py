@@ -4,7 +4,7 @@ import torch
 from editbench.benchmarks.counterfact import CounterFact
 from editbench.evaluation.evaluator import FAMILIES, KnowledgeEditEvaluator, case_slots
 from editbench.modeling.interventions import ActivationIntervention, SteeringVector, WeightIntervention
-from editbench.evaluation.scoring import score_targets
+from editbench.modeling.scoring import score_targets
 from editbench.modeling.weights import ColumnDelta
 from editbench.plugins.method import Method
 from editbench.methods.unedited import Unedited

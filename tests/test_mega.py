@@ -6,8 +6,8 @@ import torch
 from editbench.benchmarks.counterfact import CounterFact
 from editbench.errors import ConfigError
 from editbench.evaluation.evaluator import KnowledgeEditEvaluator
-from editbench.plugins.requests import EditRequest
-from editbench.evaluation.scoring import ScoreRequest, score_targets
+from editbench.requests import EditRequest
+from editbench.modeling.scoring import ScoreRequest, score_targets
 from editbench.methods.ft import FT
 from editbench.methods.mega import MEGA, MegaIntervention, default_region, subject_last_token
 from tests.conftest import tiny

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from editbench.evaluation import metrics as M
-from editbench.evaluation.scoring import TargetScore
+from editbench.modeling.scoring import TargetScore
 
 
 def ts(nll, argmax=(1,), target=(1,)):

@@ -5,6 +5,7 @@ the venv, listed and checked through entry points."""
 from __future__ import annotations
 
 import inspect
+import ast
 import os
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from editbench.plugins.conformance import CHECKS, assert_conforms, check_method,
 from editbench.modeling.directions import edit_probe_pair, extract_directions
 from editbench.errors import ConfigError
 from editbench.modeling.interventions import ActivationIntervention, Intervention, NoIntervention, SteeringVector
-from editbench.plugins.requests import EditCase
+from editbench.requests import EditCase
 from editbench.plugins.scaffold import names_for, scaffold
 from editbench.plugins.method import Method
 
@@ -307,6 +308,13 @@ def test_scaffolded_method_conforms_without_install(tmp_path, monkeypatch, capsy
     assert '[project.entry-points."editbench.methods"]' in pyproject
     assert f'{name} = "editbench_kit_template.method:KitTemplate"' in pyproject
     assert f'assert_conforms("{name}"' in (root / "tests" / "test_conformance.py").read_text()
+    allowed = {"editbench", "__future__", "dataclasses", "typing", "torch"}  # the plugin imports only editbench
+    for f in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                assert node.module.split(".")[0] in allowed, (f, node.module)
+            elif isinstance(node, ast.Import):
+                assert all(a.name.split(".")[0] in allowed for a in node.names), f
     monkeypatch.syspath_prepend(str(root))
     from editbench_kit_template.method import KitTemplate
 
@@ -318,7 +326,8 @@ def test_scaffolded_method_conforms_without_install(tmp_path, monkeypatch, capsy
 
 
 def test_scaffold_refuses_bad_names(tmp_path):
-    for bad in ("", "a b", "UPPER", "trailing-", "double--dash", "x" * 41, "dot.name"):
+    for bad in ("", "a b", "UPPER", "trailing-", "double--dash", "x" * 41, "dot.name", "ok\n", "none", "true",
+                "false"):
         with pytest.raises(ConfigError, match="invalid method name"):
             scaffold(bad, tmp_path / "x")
     assert not (tmp_path / "x").exists()

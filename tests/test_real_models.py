@@ -7,7 +7,7 @@ import torch
 
 from editbench.cli import main
 from editbench.modeling.loading import load_model
-from editbench.evaluation.scoring import ScoreRequest, generate, score_targets
+from editbench.modeling.scoring import ScoreRequest, generate, score_targets
 
 pytestmark = pytest.mark.slow
 

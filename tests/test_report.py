@@ -9,6 +9,7 @@ import json
 import os
 import re
 import subprocess
+import zlib
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -391,6 +392,51 @@ def test_report_on_a_real_sweep(tmp_path, capsys):
     assert "TruthfulQA.csv" in md and summary["versions"]["git_commit"][:7] in md
     page = (tmp_path / "rep" / "index.html").read_text()
     assert page.count('src="data:image/png;base64,') == 1 and "data-sweep=" in page
+
+
+# ---------------------------------------------------------------------------------------------
+# report: figure styles and metric directions
+# ---------------------------------------------------------------------------------------------
+def test_sweep_figure_styles_come_from_a_table(tmp_path):
+    """Built-in methods have a fixed style; any other name gets a stable colour (a hash of the name,
+    never a built-in method's) and is drawn without special-casing its name."""
+    from editbench.report import plotting
+
+    assert plotting.style_of("steer2edit").marker == "*" and plotting.style_of("unedited").label == "original"
+    builtin = {s.color for s in plotting.STYLES.values()}
+    other = plotting.style_of("my-new-method")
+    assert other == plotting.style_of("my-new-method") and other.color not in builtin
+    assert other.color == plotting.FALLBACK_COLORS[zlib.crc32(b"my-new-method") % len(plotting.FALLBACK_COLORS)]
+    pts = [{**p, "method": "my-new-method" if p["method"] == "steer2edit" else p["method"]}
+           for p in (json.loads(l) for l in (make_sweep(tmp_path, "sw") / "points.jsonl").read_text().splitlines())]
+    track = {"attribute": "length", "higher_is_better": False}
+    paths = plotting.plot_panels([("$a$ / $\\frac$", pts, track)], tmp_path / "fig")
+    assert [p.suffix for p in paths] == [".png", ".svg"] and all(p.stat().st_size > 1000 for p in paths)
+    # no method-name special cases in the report package: a method's look is the style table's business
+    for src in (REPO / "harness" / "report").glob("*.py"):
+        assert not re.search(r"""(==|!=)\s*["'](steering|steer2edit|mega|ft|steering-layer)["']""", src.read_text()), src
+
+
+def test_metric_directions_come_from_the_summary(tmp_path, capsys):
+    """A lower-is-better metric is known from the summary itself (``metric_directions``; a sweep's
+    ``track``), not from a benchmark plugin: the drill-down lists its highest values first and
+    ``compare`` treats a rise as the regression."""
+    from editbench.report.model import direction_overrides
+
+    run = make_run(tmp_path, "low", benchmark="no-such-plugin")
+    summary = json.loads((run / "summary.json").read_text())
+    summary["metric_directions"] = {"efficacy_magnitude": "lower", "efficacy": "lower"}
+    (run / "summary.json").write_text(json.dumps(summary))
+    board = write_report([run], tmp_path / "rep", figures=False)
+    worst = next(iter(board["worst_cases"].values()))
+    assert worst["metric"] == "efficacy_magnitude" and worst["higher_is_better"] is False
+    assert worst["points"]["1"][0]["values"]["efficacy_magnitude"]["post"] == pytest.approx(0.14)
+    worse = make_run(tmp_path, "worse", benchmark="no-such-plugin", points={1.0: {**CF, "efficacy": 70.0}})
+    changes, _ = compare_runs(worse, run)
+    assert next(c for c in changes if c.metric == "efficacy" and c.point == "s=1").status == "regression"
+    sweep = json.loads((make_sweep(tmp_path, "sw") / "summary.json").read_text())
+    assert direction_overrides(sweep) == {"attribute": "lower", "length": "lower"}
+    assert direction_overrides({**sweep, "metric_directions": {"length": "higher"}})["length"] == "higher"
 
 
 # ---------------------------------------------------------------------------------------------

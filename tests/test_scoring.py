@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from editbench.evaluation.scoring import ScoreRequest, encode_prompt, encode_target, generate, score_targets
+from editbench.modeling.scoring import ScoreRequest, encode_prompt, encode_target, generate, score_targets
 from tests.conftest import tiny
 
 REQS = [

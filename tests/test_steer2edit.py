@@ -10,8 +10,8 @@ import torch
 from editbench.modeling.directions import ProbeExample, edit_probe_pair, extract_directions
 from editbench.errors import ConfigError
 from editbench.modeling.loading import TINY_MODELS, load_model
-from editbench.plugins.requests import EditRequest
-from editbench.evaluation.scoring import ScoreRequest, score_targets
+from editbench.requests import EditRequest
+from editbench.modeling.scoring import ScoreRequest, score_targets
 from editbench.plugins.method import parse_params
 from editbench.methods.steer2edit import Rank1Edits, Steer2Edit, compute_rank1_edits
 

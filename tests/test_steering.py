@@ -10,7 +10,7 @@ from editbench.modeling.directions import (Directions, ProbeExample, ProbeSet, e
 from editbench.errors import ConfigError
 from editbench.modeling.interventions import ActivationIntervention
 from editbench.modeling.loading import TINY_MODELS, load_model
-from editbench.plugins.requests import EditRequest
+from editbench.requests import EditRequest
 from editbench.methods.steering import Steering, SteeringLayer
 
 POS = [ProbeExample("The capital of France is", " Paris"),
@@ -131,7 +131,7 @@ def test_directions_save_load_round_trip(tmp_path, name):
 
 
 def test_generation_mode_uses_model_responses():
-    from editbench.evaluation.scoring import generate
+    from editbench.modeling.scoring import generate
 
     lm = load_model("tiny-mistral")
     prompts_p, prompts_n = ["Tell me a secret:", "Say hi:"], ["What is 2+2?"]

@@ -88,7 +88,7 @@ def test_truthfulqa_scoring_matches_direct_computation():
     b = TruthfulQA(seed=0)
     items = b.items("val", 3)
     recs = b.evaluate(lm, NoIntervention().uniform(lm), items, batch_size=2)
-    from editbench.evaluation.scoring import ScoreRequest, score_targets
+    from editbench.modeling.scoring import ScoreRequest, score_targets
     from editbench.benchmarks.truthfulqa import qa_prompt
 
     for it, r in zip(items, recs):

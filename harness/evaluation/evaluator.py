@@ -23,8 +23,8 @@ import torch
 from editbench.evaluation import metrics as M
 from editbench.modeling.interventions import Intervention, NoIntervention
 from editbench.modeling.loading import LoadedModel
-from editbench.plugins.requests import EditCase
-from editbench.evaluation.scoring import ScoreRequest, TargetScore, generate, score_targets
+from editbench.requests import EditCase
+from editbench.modeling.scoring import ScoreRequest, TargetScore, generate, score_targets
 
 ROME_METRICS = ("efficacy", "efficacy_magnitude", "generalization", "generalization_magnitude",
                 "specificity", "specificity_magnitude")
@@ -214,6 +214,7 @@ class KnowledgeEditEvaluator:
                 post_m = case_metrics(case, post[j], pre[c])
                 if self.generation and pre_fl[c] is not None:
                     pre_m["fluency"], post_m["fluency"] = pre_fl[c], post_fl[j]
+                bad = {"pre": M.split_non_finite(pre_m), "post": M.split_non_finite(post_m)}
                 records.append({
                     "case_id": case.case_id,
                     "strength": strength,
@@ -228,6 +229,7 @@ class KnowledgeEditEvaluator:
                     "intervention": ivs[c].describe(),
                     "seconds": {"fit": round(fit_seconds[c], 4), "eval": round(eval_seconds, 4),
                                 "pre_eval": round(pre_seconds, 4)},
+                    **({"non_finite": bad} if bad["pre"] or bad["post"] else {}),
                 })
         return records
 
@@ -248,7 +250,8 @@ class KnowledgeEditEvaluator:
                 agg = {}
                 for m in names:
                     scale = 1.0 if m == "fluency" else 100.0
-                    agg[m] = M.aggregate([r[state].get(m) for r in rs], scale=scale)
+                    bad = sum(m in (r.get("non_finite") or {}).get(state, ()) for r in rs)
+                    agg[m] = M.aggregate([r[state].get(m) for r in rs], scale=scale, non_finite=bad)
                 agg["score"] = M.aggregate_joint(
                     [[r[state]["efficacy"] for r in rs], [r[state]["generalization"] for r in rs],
                      [r[state]["specificity"] for r in rs]], M.hmean_rows)

@@ -13,14 +13,15 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from editbench.evaluation.scoring import TargetScore
+from editbench.modeling.scoring import TargetScore
 
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 
 
-def _mean(xs: Sequence[float]) -> float:
-    return float(sum(xs) / len(xs)) if xs else float("nan")
+def _mean(xs: Sequence[float]) -> float | None:
+    """Mean, or None when there is nothing to average (not applicable; NaN means a non-finite score)."""
+    return float(sum(xs) / len(xs)) if xs else None
 
 
 def rome_prompt_family(new: Sequence[TargetScore], true: Sequence[TargetScore], keep_true: bool) -> tuple[float, float]:
@@ -32,7 +33,10 @@ def rome_prompt_family(new: Sequence[TargetScore], true: Sequence[TargetScore], 
     """
     succ, mag = [], []
     for n, t in zip(new, true, strict=True):
-        if keep_true:
+        if not (math.isfinite(n.nll) and math.isfinite(t.nll)):  # a broken score is not a failure: flag it
+            succ.append(math.nan)
+            mag.append(math.nan)
+        elif keep_true:
             succ.append(float(t.nll < n.nll))
             mag.append(math.exp(-t.nll) - math.exp(-n.nll))
         else:
@@ -89,9 +93,29 @@ def _bootstrap_idx(n: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOO
     return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
 
 
-def aggregate(values: Sequence[float], scale: float = 100.0) -> dict:
-    """mean, std, n and bootstrap 95% CI of per-case values (NaNs dropped), times ``scale``."""
-    x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=np.float64)
+def split_non_finite(metrics: dict) -> list[str]:
+    """Replace non-finite per-case values by None in place; return their names (recorded per case as
+    ``non_finite`` and counted in the aggregates, never folded into failures)."""
+    bad = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
+    for k in bad:
+        metrics[k] = None
+    return bad
+
+
+def aggregate(values: Sequence[float | None], scale: float = 100.0, non_finite: int = 0) -> dict:
+    """mean, std, n and bootstrap 95% CI of per-case values, times ``scale``. None (not applicable or
+    non-finite) and NaN values are left out; ``non_finite`` (how many were NaN/inf) is reported
+    alongside when non-zero, and NaN/inf values still in ``values`` are counted there too."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    non_finite += sum(1 for v in values if v is not None and not math.isfinite(v))
+    out = _aggregate(finite, scale)
+    if non_finite:
+        out["non_finite"] = int(non_finite)
+    return out
+
+
+def _aggregate(values: Sequence[float], scale: float) -> dict:
+    x = np.asarray(values, dtype=np.float64)
     n = int(x.size)
     if n == 0:
         return {"mean": None, "std": None, "n": 0, "ci95": [None, None]}
@@ -108,8 +132,8 @@ def aggregate_joint(columns: Sequence[Sequence[float]], statistic: Callable[[np.
                     scale: float = 100.0) -> dict:
     """A statistic of several per-case columns' means (e.g. the harmonic-mean Score), with a paired
     bootstrap over cases. ``statistic`` maps ``[..., k]`` column means to ``[...]``."""
-    X = np.asarray(columns, dtype=np.float64).T  # [n, k]
-    X = X[~np.isnan(X).any(axis=1)]
+    X = np.asarray([[math.nan if v is None else v for v in col] for col in columns], dtype=np.float64).T  # [n, k]
+    X = X[np.isfinite(X).all(axis=1)]
     n = X.shape[0]
     if n == 0:
         return {"mean": None, "std": None, "n": 0, "ci95": [None, None]}

@@ -1,4 +1,4 @@
-"""Trade-off analysis of sweep points: curves, Pareto fronts, matched-utility gains, hypervolume, plots.
+"""Trade-off analysis of sweep points: curves, Pareto fronts, matched-utility gains, hypervolume.
 
 Conventions: utility (x) is higher-better; the attribute (y) is oriented by the benchmark's
 ``higher_is_better`` (for reasoning length, shorter is better) before any comparison.
@@ -15,12 +15,9 @@ Conventions: utility (x) is higher-better; the attribute (y) is oriented by the 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-
-from editbench.report.figures import save_figure
 
 Point = dict
 
@@ -78,7 +75,11 @@ def varying_params(points: Sequence[Point]) -> dict[str, list[str]]:
     return out
 
 
-def analyze(points: Sequence[Point], track: dict, baseline: str = "steering") -> dict:
+#: the method every other is compared against at matched utility (the Steer2Edit paper's baseline)
+DEFAULT_BASELINE = "steering"
+
+
+def analyze(points: Sequence[Point], track: dict, baseline: str = DEFAULT_BASELINE) -> dict:
     sign = 1.0 if track.get("higher_is_better", True) else -1.0
     vary = varying_params(points)
     out: dict = {"attribute": track.get("attribute"), "higher_is_better": sign > 0, "baseline": baseline, "splits": {}}
@@ -196,59 +197,3 @@ def format_analysis(summary: dict, points: Sequence[Point]) -> str:
                             f"at utility {e['utility_test']:.1f})"))
     return "\n".join(lines) + "\n"
 
-
-def plot_panels(panels: Sequence[tuple[str, Sequence[Point], dict]], path_stem: Path, split: str = "test",
-                baseline: str = "steering") -> list[Path]:
-    """Attribute vs utility, one panel per (title, points, track): the baseline as a curve, Steer2Edit
-    configurations as stars, other methods as connected markers, the original model as a triangle;
-    error bars are bootstrap 95% CIs. Saves PNG and SVG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    sns.set_theme(style="whitegrid", context="paper")
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
-    palette = dict(zip(["steering", "steer2edit", "steering-layer", "mega", "ft"], sns.color_palette("deep", 5)))
-    for ax, (title, points, track) in zip(axes[0], panels):
-        ps = [p for p in points if p["split"] == split and p["attribute"]["mean"] is not None]
-        vary = varying_params(ps)
-        for m in sorted({p["method"] for p in ps}):
-            mp = sorted((p for p in ps if p["method"] == m), key=lambda p: (json.dumps(p["params"], sort_keys=True), p["strength"]))
-            x = np.array([p["utility"]["mean"] for p in mp])
-            y = np.array([p["attribute"]["mean"] for p in mp])
-            xerr = np.abs(np.array([[p["utility"]["ci95"][0], p["utility"]["ci95"][1]] for p in mp]).T - x)
-            yerr = np.abs(np.array([[p["attribute"]["ci95"][0], p["attribute"]["ci95"][1]] for p in mp]).T - y)
-            color = palette.get(m, None)
-            if m == "unedited":
-                ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="^", color="black", ms=9, capsize=2, label="original", zorder=5)
-            elif m == "steer2edit":
-                ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="*", color=color, ms=12, capsize=2, alpha=0.9,
-                            label="Steer2Edit" + (f" ({len(mp)} configs)" if vary.get(m) or len(mp) > 1 else ""), zorder=4)
-            else:
-                orig = [p for p in ps if p["method"] == "unedited"]
-                if orig and m == baseline:  # the baseline curve starts at the original model (strength 0)
-                    ax.plot([orig[0]["utility"]["mean"], x[0]], [orig[0]["attribute"]["mean"], y[0]], "-", color=color, lw=1)
-                ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o-" if m == baseline else "s--", color=color, ms=5,
-                            capsize=2, label=m, zorder=3)
-                for p, xi, yi in zip(mp, x, y):
-                    ax.annotate(f"{p['strength']:g}", (xi, yi), textcoords="offset points", xytext=(3, 3), fontsize=6)
-        ax.set_xlabel(f"utility ({split})")
-        arrow = "↑" if track.get("higher_is_better", True) else "↓"
-        ax.set_ylabel(f"{track.get('attribute')} {arrow}")
-        ax.set_title(title)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths = [path_stem.with_suffix(".png"), path_stem.with_suffix(".svg")]
-    for p in paths:
-        save_figure(fig, p, dpi=150)
-    plt.close(fig)
-    return paths
-
-
-def write_analysis(out_dir: Path, summary: dict, points: Sequence[Point]) -> None:
-    (out_dir / "analysis.md").write_text(format_analysis(summary, points), encoding="utf-8")
-    title = f"{summary['config']['model']} / {summary['config']['benchmark']}"
-    plot_panels([(title, points, summary["config"]["track"])], out_dir / "tradeoff",
-                baseline=summary["analysis"]["baseline"])

@@ -25,7 +25,7 @@ import torch
 from editbench.evaluation import metrics as M
 from editbench.data import data_file, sha256_file
 from editbench.errors import ConfigError, DataError
-from editbench.evaluation.scoring import generate, score_choices
+from editbench.modeling.scoring import generate, score_choices
 
 MC_TASKS = {
     "csqa": "utility/csqa_dev_rand_split.jsonl",
@@ -143,7 +143,7 @@ class UtilitySuite:
 
     @torch.no_grad()
     def _perplexity(self, lm, bctx, split: str, batch_size: int) -> list[dict]:
-        from editbench.evaluation.scoring import Batch
+        from editbench.modeling.scoring import Batch
 
         wins = self._windows(lm, split)
         out = []

@@ -22,7 +22,7 @@ import torch
 
 from editbench.modeling.hooks import capture
 from editbench.modeling.loading import LoadedModel
-from editbench.evaluation.scoring import encode_prompt
+from editbench.modeling.scoring import encode_prompt
 
 
 @dataclass
@@ -91,7 +91,7 @@ def _post_norm_scale(out: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
 
 
 def _token_ids(lm: LoadedModel, tokens: Sequence[int | str]) -> torch.Tensor:
-    from editbench.evaluation.scoring import encode_target
+    from editbench.modeling.scoring import encode_target
 
     ids = [t if isinstance(t, int) else encode_target(lm.tokenizer, t)[0] for t in tokens]
     return torch.tensor(ids, device=lm.device)

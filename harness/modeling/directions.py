@@ -52,8 +52,8 @@ from safetensors.torch import load_file, save_file
 from editbench.modeling.arch import BLOCKS
 from editbench.modeling.hooks import hooked
 from editbench.modeling.loading import LoadedModel
-from editbench.plugins.requests import EditRequest
-from editbench.evaluation.scoring import encode_prompt, encode_target, generate
+from editbench.requests import EditRequest
+from editbench.modeling.scoring import encode_prompt, encode_target, generate
 
 log = logging.getLogger(__name__)
 

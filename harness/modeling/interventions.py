@@ -21,7 +21,7 @@ import torch
 from editbench.modeling.arch import adapter_of
 from editbench.modeling.hooks import add_to_output
 from editbench.modeling.loading import LoadedModel
-from editbench.evaluation.scoring import Batch, BatchContext
+from editbench.modeling.scoring import Batch, BatchContext
 from editbench.modeling.weights import ColumnDelta, WeightEditTransaction
 
 # attn / mlp: the block output added to the residual stream; attn_proj / mlp_proj: the output of

@@ -22,6 +22,7 @@ import torch
 
 from editbench.modeling.arch import ArchAdapter
 from editbench.data import sha256_file
+from editbench.dtypes import normalize_dtype
 from editbench.errors import ConfigError, EditbenchError
 
 log = logging.getLogger(__name__)
@@ -106,12 +107,31 @@ EMBEDDED: dict[str, EmbeddedModel] = {
 
 
 def _materialise_gguf(entry: EmbeddedModel) -> tuple[Path, str]:
-    """Dequantise the GGUF once into a safetensors cache dir; return (dir, gguf sha256)."""
+    """Dequantise the GGUF once into a safetensors cache dir; return (dir, gguf sha256).
+
+    One process dequantises at a time (a lock next to the cache entry); temporary directories left
+    by a killed earlier attempt are removed under that lock before a new one starts."""
+    from filelock import FileLock
+
     gguf = entry.gguf()
     digest = sha256_file(gguf)
     target = cache_dir() / "models" / f"{entry.alias}-{digest[:16]}"
     if (target / "editbench.json").is_file():
         return target, digest
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.parent / f"{target.name}.lock")):
+        if (target / "editbench.json").is_file():  # another process finished while we waited
+            return target, digest
+        for stale in target.parent.glob(f"{target.name}.*"):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+        if target.exists():  # an incomplete entry (no editbench.json): redo it
+            shutil.rmtree(target, ignore_errors=True)
+        _dequantise(gguf, digest, target)
+    return target, digest
+
+
+def _dequantise(gguf: Path, digest: str, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.warning("dequantising %s once (20-60 s); cached at %s", gguf.name, target)
@@ -122,7 +142,6 @@ def _materialise_gguf(entry: EmbeddedModel) -> tuple[Path, str]:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
         model.save_pretrained(tmp)
@@ -130,14 +149,10 @@ def _materialise_gguf(entry: EmbeddedModel) -> tuple[Path, str]:
         (tmp / "editbench.json").write_text(
             json.dumps({"gguf": str(gguf), "gguf_sha256": digest, "seconds": round(time.time() - t0, 1)})
         )
-        if target.exists():  # a concurrent process won the race
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, target)
+        os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return target, digest
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,10 +222,7 @@ def _build_tiny(name: str, seed: int):
 
 
 # ---------------------------------------------------------------------------------------------
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-
-
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 def resolve_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -226,9 +238,7 @@ def resolve_device(device: str | None) -> torch.device:
 def resolve_dtype(dtype: str | None) -> torch.dtype:
     if dtype is None:
         return torch.float32
-    if dtype not in _DTYPES:
-        raise ConfigError(f"unknown dtype '{dtype}' (choose from {', '.join(sorted(set(_DTYPES)))})")
-    return _DTYPES[dtype]
+    return _DTYPES[normalize_dtype(dtype)]
 
 
 def _weights_hash_dir(path: Path) -> str:
@@ -272,15 +282,19 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | None = "cpu", dtype: str
             whash = gguf_digest
         elif Path(spec).expanduser().is_dir():
             path = Path(spec).expanduser()
+            if not list(path.glob("*.safetensors")) and list(path.glob("*.bin")):
+                raise ConfigError(f"model directory {path} holds only pickle weights (*.bin), which can run code "
+                                  "when loaded; convert them to safetensors")
             source, whash = str(path.resolve()), _weights_hash_dir(path)
         elif "/" in spec or spec.replace("-", "").replace("_", "").isalnum():
             path, source, whash = spec, f"hub:{spec}", None
         else:
             raise ConfigError(f"unknown model '{spec}'")
-        try:
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dt)
-            tok = AutoTokenizer.from_pretrained(str(path))
-        except OSError as e:
+        try:  # safetensors only, no repository code: loading a model must not run anything from it
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dt, use_safetensors=True,
+                                                         trust_remote_code=False)
+            tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+        except (OSError, ValueError, KeyError) as e:
             known = ", ".join(list(EMBEDDED) + list(TINY_MODELS))
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ConfigError(f"cannot load model '{spec}' (embedded: {known}; or a hub id / local dir): {first}") from None

@@ -1,4 +1,6 @@
-"""The benchmark interface: a named dataset with splits, a loader, and the evaluator that scores it."""
+"""The benchmark interface: a named dataset with splits, a loader, and how it is evaluated
+(:meth:`Benchmark.make_evaluator`, for ``editbench run``) and swept (:meth:`Benchmark.sweep_track`,
+for ``editbench sweep``). The core calls nothing on a benchmark that is not declared here."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from editbench.errors import ConfigError
 class Benchmark:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    #: "knowledge-edit" (fitted per edit request) or "attribute" (one behaviour fitted on probes)
+    kind: ClassVar[str] = "knowledge-edit"
     splits: ClassVar[tuple[str, ...]] = ()
     default_split: ClassVar[str] = ""
 
@@ -36,7 +40,15 @@ class Benchmark:
         anything is loaded or written)."""
 
     def make_evaluator(self, lm, method, **options):
-        raise NotImplementedError
+        """The evaluator ``editbench run`` uses: ``evaluate(cases) -> records`` and
+        ``summarize(records) -> {"n_cases", "pre", "points"}``."""
+        raise ConfigError(f"benchmark '{self.name}' cannot be evaluated by `editbench run`")
+
+    @classmethod
+    def sweep_track(cls, lm, cfg):
+        """The :mod:`editbench.runs.tracks` track that ``editbench sweep`` uses for this benchmark
+        (``cfg`` is the :class:`~editbench.runs.sweep.SweepConfig`)."""
+        raise ConfigError(f"benchmark '{cls.name}' cannot be swept")
 
     def provenance(self) -> dict:
         return {

@@ -9,7 +9,7 @@ A method is a class registered under the ``editbench.methods`` entry-point group
             lr: float = 0.1
         def fit_edit(self, request: EditRequest) -> Intervention: ...
 
-``fit_edit`` sees only the :class:`~editbench.plugins.requests.EditRequest` (never evaluation prompts) and
+``fit_edit`` sees only the :class:`~editbench.requests.EditRequest` (never evaluation prompts) and
 returns an :class:`~editbench.modeling.interventions.Intervention`; the evaluator applies it with a
 ``strength`` (0 = unedited) as a context manager. ``fit_behaviour`` (declared in ``supports``) fits
 one intervention from contrastive probe examples for the attribute benchmarks.
@@ -31,7 +31,7 @@ from typing import Any, ClassVar, Literal, Mapping, Sequence
 from editbench.errors import ConfigError
 from editbench.modeling.interventions import Intervention
 from editbench.modeling.loading import LoadedModel
-from editbench.plugins.requests import EditRequest
+from editbench.requests import EditRequest
 
 #: How a method changes the model; reports label and group rows by it, so a gated (semi-parametric)
 #: editor is never ranked against ungated ones without a label.

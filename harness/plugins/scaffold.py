@@ -9,6 +9,7 @@ from something that passes ``editbench check-method NAME`` and can see when a ch
 from __future__ import annotations
 
 import argparse
+import keyword
 import re
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ __all__ = ["__CLASS__"]
 _METHOD = '''\
 """__CLASS__: single-layer residual steering from the edit probe (a template: replace it with your method).
 
-Fitting one knowledge edit uses only the :class:`~editbench.plugins.requests.EditRequest`: the rewrite prompt
+Fitting one knowledge edit uses only the :class:`~editbench.requests.EditRequest`: the rewrite prompt
 completed with ``" " + target_new`` (positive) and with ``" " + target_true`` (negative). The
 direction ``r`` is the difference of the residual stream after decoder layer ``layer``, averaged
 over the target tokens (``window="response"``: with a shared prompt, the positions *predicting* the
@@ -153,9 +154,16 @@ def names_for(name: str) -> dict[str, str]:
 
 
 def validate_name(name: str) -> None:
-    if not NAME_RE.match(name) or len(name) > MAX_NAME:
+    # fullmatch: re.match with "$" would accept a trailing newline
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or len(name) > MAX_NAME:
         raise ConfigError(f"invalid method name {name!r}: use lowercase letters, digits and single '-' or '_' "
                           f"between them, starting with a letter (at most {MAX_NAME} characters)")
+    derived = names_for(name)
+    for what in ("__PKG__", "__CLASS__"):  # the generated code must compile: no keywords ("none" -> None)
+        ident = derived[what]
+        if not ident.isidentifier() or keyword.iskeyword(ident) or keyword.iskeyword(name.replace("-", "_")):
+            raise ConfigError(f"invalid method name {name!r}: it gives the Python name {ident!r}, "
+                              "a keyword; choose another name")
     from editbench.plugins import registry
 
     if name in registry.names("method"):
@@ -201,7 +209,7 @@ def _cmd_new_method(a: argparse.Namespace) -> int:
 
 
 def _cmd_check_method(a: argparse.Namespace) -> int:
-    from editbench.plugins.conformance import cmd_check_method  # imported on use: it pulls in the evaluator
+    from editbench.plugins.kit_cli import cmd_check_method  # imported on use: it pulls in the evaluator
 
     return cmd_check_method(a)
 

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Sequence
 
 from editbench.errors import EditbenchError
-from editbench.report.report import (Run, load_summary, metric_directions, normalize_agg, order_metrics, protocol_diff,
-                     protocol_of)
+from editbench.evaluation import metric_registry
+from editbench.report.model import Run, direction_overrides, load_summary, normalize_agg, protocol_diff, protocol_of
 
 EPS = 1e-9
 DEFAULT_TOLERANCE = 0.5
@@ -141,21 +141,23 @@ def compare_runs(new_dir: str | Path, base_dir: str | Path, tolerances: dict[str
         warnings.append(f"strength {s:g} is in BASELINE only; not compared")
     for s in sorted(set(pn) - set(pb)):
         warnings.append(f"strength {s:g} is in NEW only; not compared")
-    directions = {**metric_directions(base.summary), **{m: False for m in lower_is_better}}
     pairs = [("pre", base.pre(), new.pre())] + [(f"s={s:g}", base.post(pb[s]), new.post(pn[s])) for s in common]
     known = set()
     for _, b, n in pairs:
         known |= set(b) | set(n)
+    # directions: the registry, overridden by what the baseline's summary states, then by --lower-is-better
+    directions = {**metric_registry.directions(known, direction_overrides(base.summary)),
+                  **{m: False for m in lower_is_better}}
     unknown = sorted(set(tolerances) - known)
     if unknown:
         raise EditbenchError(f"--tolerance names metrics neither run reports: {', '.join(unknown)} "
-                             f"(metrics: {', '.join(order_metrics(known))})")
+                             f"(metrics: {', '.join(metric_registry.order(known))})")
     unknown = sorted(set(lower_is_better) - known)
     if unknown:
         raise EditbenchError(f"--lower-is-better names metrics neither run reports: {', '.join(unknown)}")
     changes = []
     for label, b, n in pairs:
-        for m in order_metrics(set(b) | set(n)):
+        for m in metric_registry.order(set(b) | set(n)):
             tol = tolerances.get(m, default_tolerance)
             hib = directions.get(m, True)
             ba, na = normalize_agg(b.get(m)), normalize_agg(n.get(m))  # malformed = not reported
@@ -247,7 +249,7 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--default-tolerance", type=float, default=DEFAULT_TOLERANCE, metavar="X",
                    help=f"allowed drop for other metrics (default {DEFAULT_TOLERANCE})")
     p.add_argument("--lower-is-better", action="append", metavar="METRIC",
-                   help="treat METRIC as lower-is-better (also read from the summary / benchmark plugin)")
+                   help="treat METRIC as lower-is-better (also read from the summary and the metric registry)")
     p.add_argument("--format", choices=("text", "github"), default="text",
                    help="github: also print ::error/::warning/::notice workflow commands")
     p.add_argument("--all", action="store_true", help="list unchanged metrics too")

@@ -24,9 +24,12 @@ from editbench.modeling.attribution import block_importance
 from editbench.errors import ConfigError
 from editbench.report.figures import save_figure
 from editbench.modeling.loading import LoadedModel
-from editbench.runs.runner import RunDir, versions
-from editbench.evaluation.scoring import ScoreRequest, score_targets
+from editbench.runs.provenance import versions
+from editbench import results
+from editbench.runs.rundir import ResultDir
+from editbench.modeling.scoring import ScoreRequest, score_targets
 
+CASES = "cases.jsonl"
 PANELS = (("promote_new", "promote o*  (Imp for o*)"), ("suppress_old", "suppress o  (-Imp for o)"))
 
 
@@ -96,7 +99,17 @@ def draw(table: dict, n_layers: int, path: Path) -> None:
 
 
 def run_study(lm: LoadedModel, cases, editor_name: str, editor_params: dict, out: Path, seed: int = 0,
-              width: int | None = None, split: str = "", progress: bool = True) -> dict:
+              width: int | None = None, split: str = "", progress: bool = True, wait: bool = False,
+              data_sha256: dict | None = None) -> dict:
+    """Run (or resume) the study in ``out`` (held under its writer lock for the whole call);
+    ``data_sha256`` ({file name: sha256} of the cases' source) is checked on resume."""
+    with ResultDir(out).writing(wait=wait) as rd:
+        return _run_study(rd, lm, cases, editor_name, editor_params, Path(out), seed, width, split, progress,
+                          data_sha256 or {})
+
+
+def _run_study(rd: ResultDir, lm: LoadedModel, cases, editor_name: str, editor_params: dict, out: Path, seed: int,
+               width: int | None, split: str, progress: bool, data_sha256: dict) -> dict:
     from tqdm.auto import tqdm
 
     from editbench.evaluation.evaluator import seed_everything
@@ -106,17 +119,20 @@ def run_study(lm: LoadedModel, cases, editor_name: str, editor_params: dict, out
         raise ConfigError(f"attribute: --width must be between 1 and {n - int(0.4 * n)} (the layers at >= 40% "
                           f"depth of this {n}-layer model), got {width}")
     editor = registry.load("method", editor_name)(lm, editor_params, seed=seed)
-    rd = RunDir(out)
     config = {"kind": "attribution", "model": lm.model_id, "editor": editor_name, "split": split,
-              "editor_params": dataclasses.asdict(editor.params), "seed": seed, "width": width}
-    rd.check_or_write_config(config, keys=("kind", "model", "editor", "split", "editor_params", "seed"))
-    records = rd.read_records()
+              "editor_params": json.loads(json.dumps(dataclasses.asdict(editor.params), default=str)), "seed": seed,
+              "width": width, "weights_sha256": lm.provenance().get("weights_sha256"),
+              "data_sha256": data_sha256}
+    rd.check_or_write_config(config, keys=("kind", "model", "editor", "split", "editor_params", "seed"),
+                             provenance_keys=("weights_sha256", "data_sha256"))
+    records = rd.load_records(CASES, required={"case_id": (int, str), "success": bool, "promote_new": dict,
+                                               "suppress_old": dict})
     done = {r["case_id"] for r in records}
     for case in tqdm([c for c in cases if c.case_id not in done], desc=f"attribution ({editor_name})",
                      unit="case", disable=not progress):
         seed_everything(seed)
         rec = study_case(lm, editor, case)
-        rd.append([rec])
+        rd.append(CASES, [rec])
         records.append(rec)
     wanted = {c.case_id for c in cases}
     records = [r for r in records if r["case_id"] in wanted]
@@ -154,9 +170,10 @@ def run_study(lm: LoadedModel, cases, editor_name: str, editor_params: dict, out
     }
     artifact = {"region": region, "selection": basis, "gap_per_layer": [None if np.isnan(x) else float(x) for x in gap],
                 "model": lm.provenance(), "config": config, "findings": findings, "versions": versions()}
-    (out / "region.json").write_text(json.dumps(artifact, indent=2))
-    rd.write_summary(artifact)
+    results.write_json(out / "region.json", artifact)
+    rd.write_summary(artifact, "attribution")
     return artifact
+
 
 
 def format_findings(a: dict) -> str:

@@ -23,12 +23,13 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Union
 
 from editbench.errors import DataError
 
 FORMAT_VERSION = 1
 KINDS = ("run", "sweep", "attribution")
+Required = Union[Iterable[str], Mapping[str, Union[type, tuple]]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,12 +103,13 @@ def _raw(path: Path) -> bytes:
         raise DataError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
 
 
-def _parse_lines(raw: bytes, path: Path, strict: bool) -> tuple[list[dict], int]:
-    """Records and the byte length of the complete lines (a torn last line is not counted)."""
+def _parse_lines(raw: bytes, path: Path, strict: bool, finished: bool = False) -> tuple[list[dict], int]:
+    """Records and the byte length of the complete lines (a torn last line is not counted unless
+    the file is ``finished``, e.g. a data file that simply lacks a final newline)."""
     records: list[dict] = []
     good_end = pos = 0
     for i, line in enumerate(raw.splitlines(keepends=True), 1):
-        if not line.endswith(b"\n"):
+        if not line.endswith(b"\n") and not finished:
             break
         pos += len(line)
         good_end = pos
@@ -128,28 +130,34 @@ def _parse_lines(raw: bytes, path: Path, strict: bool) -> tuple[list[dict], int]
     return records, good_end
 
 
-def read_jsonl(path: str | os.PathLike, *, strict: bool = True, required: Iterable[str] = ()) -> list[dict]:
+def read_jsonl(path: str | os.PathLike, *, strict: bool = True, required: Required = (),
+               finished: bool = False) -> list[dict]:
     """Records of ``path`` (or ``path.gz``), read-only; [] when neither exists. An unfinished last
-    line is skipped (another process may be appending it). ``strict``: a bad complete line raises;
-    ``required``: keys every record must have."""
+    line is skipped (another process may be appending it) unless ``finished`` (input data files).
+    ``strict``: a bad complete line raises; ``required``: keys (or {key: type(s)}) every record needs."""
     p = Path(path)
     src = _existing(p)
     if src is None:
         return []
-    records, _ = _parse_lines(_raw(src), src, strict)
+    records, _ = _parse_lines(_raw(src), src, strict, finished)
     check_keys(records, required, src)
     return records
 
 
-def check_keys(records: list[dict], required: Iterable[str], path: Path) -> None:
-    required = tuple(required)
+def check_keys(records: list[dict], required: Required, path: Path) -> None:
+    """Every record has the required keys (and, for a mapping, values of the given types)."""
+    types = dict(required) if isinstance(required, Mapping) else {k: object for k in required}
     for i, r in enumerate(records, 1):
-        missing = [k for k in required if k not in r]
-        if missing:
-            raise DataError(f"{path}: record {i} has no '{missing[0]}'; fix or move the file")
+        for k, typ in types.items():
+            if k not in r:
+                raise DataError(f"{path}: record {i} has no '{k}'; fix or move the file")
+            v = r[k]
+            if not isinstance(v, typ) or (isinstance(v, bool) and typ in ((int, float), (int, str), int, float)):
+                raise DataError(f"{path}: record {i}: '{k}' has the wrong type ({type(v).__name__}); "
+                                "fix or move the file")
 
 
-def repair_jsonl(path: str | os.PathLike, *, required: Iterable[str] = ()) -> list[dict]:
+def repair_jsonl(path: str | os.PathLike, *, required: Required = ()) -> list[dict]:
     """For the directory's single writer only: expand a committed ``.gz`` into the plain file
     (appends go there), cut a torn last line off, and return the records."""
     p = Path(path)

@@ -1,0 +1,162 @@
+"""leaderboard.md: the leaderboard model rendered as GitHub-flavoured Markdown.
+
+Every value that comes from a results directory (method names, params, paths, model ids, metric
+names, code versions, a metric's ``n`` ...) is escaped on the way in: :func:`text` for running
+text and :func:`code` for code spans, so no value can end a table row or cell, start a line of its
+own (a heading, a list item) or carry raw HTML into a renderer that passes HTML through.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Sequence
+
+from editbench.report.model import MISSING, pareto_text, short
+
+_NEWLINES = re.compile(r"\r\n|[\r\n]")
+# a pipe, with the backslashes right before it (which would otherwise escape our escape)
+_PIPE = re.compile(r"(\\*)\|")
+
+
+def _one_line(s: str, pipes: bool = True) -> str:
+    """No line breaks (they end a table row or a list item); with ``pipes`` every `|` escaped (a
+    cell delimiter; the escape also reads as a plain `|` in running text, but not in a code span)."""
+    s = _NEWLINES.sub(" ", s)
+    return _PIPE.sub(lambda m: m.group(1) * 2 + "\\|", s) if pipes else s
+
+
+def text(value: object) -> str:
+    """A value in running text or a table cell: on one line; backslashes, pipes and backticks
+    escaped (so it cannot end a cell nor open or close a code span around our markup); no HTML
+    (``<`` and ``&`` as entities) and no inline link (``](``)."""
+    s = _NEWLINES.sub(" ", str(value)).replace("\\", "\\\\")
+    s = s.replace("|", "\\|").replace("`", "\\`").replace("](", "]\\(")
+    return s.replace("&", "&amp;").replace("<", "&lt;")
+
+
+def code(value: object, cell: bool = False) -> str:
+    """A value as a code span: on one line, fenced by more backticks than it holds (HTML in a code
+    span is shown as text); in a table ``cell`` its pipes escaped (GitHub unescapes them there)."""
+    s = _one_line(str(value), pipes=cell)
+    fence = "`" * (max((len(r) for r in re.findall(r"`+", s)), default=0) + 1)
+    pad = " " if s.startswith("`") or s.endswith("`") else ""
+    return f"{fence}{pad}{s}{pad}{fence}"
+
+
+def link_text(value: object) -> str:
+    """A value as the text of a link or an image: :func:`text` with brackets escaped."""
+    return re.sub(r"([\[\]])", r"\\\1", text(value))
+
+
+def spans(value: object) -> str:
+    """A note of the model (text with `code` spans, e.g. ``not reported in column `fluency```):
+    the text parts as :func:`text`, the code parts as :func:`code`."""
+    parts = re.split(r"`([^`]*)`", str(value))
+    return "".join(code(p) if i % 2 else text(p) for i, p in enumerate(parts))
+
+
+def fmt_agg(a: dict | None, n_row: int | None = None) -> str:
+    if a is None:
+        return MISSING
+    lo, hi = a["ci95"]
+    txt = f"{a['mean']:.1f}" if lo is None else f"{a['mean']:.1f} [{lo:.1f}, {hi:.1f}]"
+    if n_row is not None and a.get("n") not in (None, n_row):
+        txt += f" (n={a['n']})"
+    return txt
+
+
+def _row(cells: Sequence[str]) -> str:
+    """A table row of cells that are already escaped."""
+    return "| " + " | ".join(cells) + " |"
+
+
+def _md_table(rows: list[dict], metrics: list[str], tail: Sequence[str] = ("n", "code", "run")) -> list[str]:
+    head = ["method", "config", *metrics, *tail]
+    lines = [_row([text(h) for h in head]), "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row["method"], row["config"], *[fmt_agg(row["metrics"][m], row["n"]) for m in metrics],
+                 *[pareto_text(row[t]) if t == "pareto" else str(row[t]) for t in tail]]
+        lines.append(_row([text(c) for c in cells]))
+    return lines
+
+
+def _md_protocol(p: dict) -> str:
+    settings = "" if "settings" not in p else ", settings " + code(json.dumps(p["settings"], sort_keys=True))
+    return (f"Protocol: benchmark {code(p['benchmark'])}, split {code(p['split'])}, model {code(p['model'])} "
+            f"(weights sha256 {code(short(p['weights_sha256']))}), dtype {code(p['dtype'])}, data "
+            + ", ".join(f"{code(k)} sha256 {code(short(v))}" for k, v in p["data_sha256"].items()) + settings + ".")
+
+
+def _notes(notes: Sequence[str]) -> list[str]:
+    return ["Notes:", ""] + [f"* {spans(n)}" for n in notes] + [""]
+
+
+def _md_sweeps(board: dict, figures: dict[str, str]) -> list[str]:
+    out = []
+    for g in board["sweep_groups"]:
+        out += [f"## {text(g['title'])}", "", _md_protocol(g["protocol"]), ""]
+        out += _notes(g["notes"]) if g["notes"] else []
+        for sw in g["sweeps"]:
+            out += [f"### {text(sw['id'])}: {code(sw['sweep_dir'])}", "", spans(sw["description"]), "",
+                    spans(sw["headline_title"]) + ":", ""]
+            out += [f"* {text(line)}" for line in sw["headline"]] + ["", "Hypervolume with the original model "
+                                                                       "(larger is better):", ""]
+            out += [f"* {text(line)}" for line in sw["hypervolume"]] + [""]
+            for split, t in sw["splits"].items():
+                out += [f"#### {text(split)}", ""] + _md_table(t["rows"], sw["columns"], ("pareto", "n", "code")) + [""]
+            if sw["id"] in figures:
+                out += [f"![trade-off {link_text(sw['id'])} (test)]({figures[sw['id']]})", ""]
+            out += _notes(sw["notes"] + ["Pareto `*`: on the split's Pareto front (all methods); per-task accuracies "
+                                         "are in leaderboard.json and the sweep's points.jsonl."])
+    return out
+
+
+def render_markdown(board: dict, figures: dict[int, list[tuple[str, str]]] | None = None,
+                    sweep_figures: dict[str, str] | None = None) -> str:
+    """leaderboard.md: per protocol group a headline table and a table of the other metrics; per
+    sweep a table per split, the matched-utility headline and hypervolumes. ``figures`` and
+    ``sweep_figures`` give the figure files (relative paths) by group index and sweep id."""
+    out = ["# editbench leaderboard", "",
+           "Cells: mean [95% bootstrap CI] over cases (x100 for rates and probabilities). "
+           f"`{MISSING}` = metric not reported by that run. Runs under different protocols "
+           "(benchmark split, model weights, data files, dtype) are in separate tables; attribute-utility sweeps "
+           "have their own sections, which state their attribute's scale and direction.", ""]
+    for gi, g in enumerate(board["groups"]):
+        out += [f"## {text(g['title'])}", "", _md_protocol(g["protocol"]), ""]
+        out += _md_table(g["rows"], g["headline"]) + [""]
+        if g["other_metrics"]:
+            out += ["Other metrics:", ""] + _md_table(g["rows"], g["other_metrics"]) + [""]
+        for title, rel in (figures or {}).get(gi, []):
+            out += [f"![{link_text(title)}]({rel})", ""]
+        if g["notes"]:
+            out += _notes(g["notes"])
+    out += _md_sweeps(board, sweep_figures or {})
+    if board["runs"]:
+        out += ["## Runs", "", "| run | directory | method | params | n | code | model weights | data sha256 |",
+                "|---|---|---|---|---|---|---|---|"]
+    for rid, pv in board["runs"].items():
+        params = json.dumps(pv["method_params"], sort_keys=True, default=str)
+        data = ", ".join(f"{Path(k).name}: {short(v)}" for k, v in pv["data_files"].items())
+        out.append(_row([text(rid), code(pv["run_dir"], True), text(pv["method"]), code(params, True),
+                         text(pv["n_cases"]),
+                         text(pv["code_version"]), text(short(pv["model"].get("weights_sha256"))), text(data)]))
+    sweeps = [sw for g in board["sweep_groups"] for sw in g["sweeps"]]
+    if sweeps:
+        out += ["", "## Sweeps", "", "| sweep | directory | code | versions | model weights | data sha256 |",
+                "|---|---|---|---|---|---|"]
+    for sw in sweeps:
+        pv = sw["provenance"]
+        out.append(_row([
+            text(sw["id"]), code(pv["sweep_dir"], True), text(pv["code_version"]),
+            text(", ".join(f"{k} {v}" for k, v in pv["versions"].items() if not str(k).startswith("git_"))),
+            text(short(pv["model"].get("weights_sha256"))),
+            text(", ".join(f"{Path(k).name}: {short(v)}" for k, v in pv["data_files"].items()))]))
+    for sw in sweeps:
+        # one line of JSON (newlines are \n escapes) in a fenced block: nothing in it is markup
+        out += ["", f"<details><summary>{text(sw['id'])} config</summary>", "", "```json",
+                json.dumps(sw["provenance"]["config"], sort_keys=True, default=str), "```", "", "</details>"]
+    if board["skipped"]:
+        out += ["", "Skipped:", ""] + [f"* {text(s)}" for s in board["skipped"]]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,225 @@
+"""All figures of the report and of ``editbench curves``/``editbench sweep`` (matplotlib, seaborn).
+
+How a method looks in a sweep figure is a table (:data:`STYLES`, ``{method: Style}``) with a
+deterministic fallback for methods it does not name (a colour picked by a stable hash of the
+name), so a new method plugin gets a stable look without any code here. Figures are saved with
+:func:`editbench.report.figures.save_figure`, so the same numbers give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from editbench.evaluation.tradeoff import DEFAULT_BASELINE, varying_params
+from editbench.report.figures import save_figure
+from editbench.report.model import Sweep, is_reference, normalize_agg
+
+Point = dict
+
+# seaborn's "deep" palette (hex, so the table needs no seaborn import)
+DEEP = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C", "#CCB974",
+        "#64B5CD")
+
+
+@dataclass(frozen=True)
+class Style:
+    """How one method is drawn in a sweep (attribute vs utility) panel."""
+
+    color: str
+    marker: str = "s"
+    #: matplotlib format-string line part: "-", "--", ":" ...; "" = markers only
+    linestyle: str = "--"
+    markersize: float = 5
+    zorder: float = 3
+    alpha: float | None = None
+    #: legend label; None: the method name
+    label: str | None = None
+    #: write each point's strength next to it
+    annotate: bool = True
+    #: append "(k configs)" to the label when the method has several configurations
+    count_configs: bool = False
+    #: a curve through strengths: as the baseline it is drawn solid with circles from the original model
+    curve: bool = True
+
+    @property
+    def fmt(self) -> str:
+        return self.marker + self.linestyle
+
+
+#: the baseline of a sweep (``--baseline``, default steering): a solid curve with circles
+BASELINE_MARKER, BASELINE_LINESTYLE = "o", "-"
+
+STYLES: dict[str, Style] = {
+    "unedited": Style("black", "^", "", markersize=9, zorder=5, label="original", annotate=False, curve=False),
+    "steering": Style(DEEP[0]),
+    "steer2edit": Style(DEEP[1], "*", "", markersize=12, zorder=4, alpha=0.9, label="Steer2Edit", annotate=False,
+                        count_configs=True, curve=False),
+    "steering-layer": Style(DEEP[2]),
+    "mega": Style(DEEP[3]),
+    "ft": Style(DEEP[4]),
+}
+# colours for methods STYLES does not name: the rest of "deep", then seaborn's "dark" (so a fallback
+# colour is never one of the built-in methods')
+FALLBACK_COLORS = DEEP[5:] + ("#001C7F", "#B1400D", "#12711C", "#8C0800", "#591E71", "#592F0D", "#A23582", "#3C3C3C",
+                              "#B8850A", "#006374")
+
+
+def plain(text: object) -> str:
+    """A label drawn as given: ``$`` would start matplotlib mathtext (and a malformed one fails the draw)."""
+    return str(text).replace("$", r"\$")
+
+
+def style_of(method: str) -> Style:
+    """The method's style: from :data:`STYLES`, else a dashed square-marker curve in a colour chosen
+    by a stable hash of the name (the same in every process and on every machine)."""
+    if method in STYLES:
+        return STYLES[method]
+    return Style(FALLBACK_COLORS[zlib.crc32(method.encode("utf-8")) % len(FALLBACK_COLORS)])
+
+
+def plot_panels(panels: Sequence[tuple[str, Sequence[Point], dict]], path_stem: Path, split: str = "test",
+                baseline: str = DEFAULT_BASELINE) -> list[Path]:
+    """Attribute vs utility, one panel per (title, points, track), each method drawn by its
+    :func:`style_of`: the baseline as a curve starting at the original model, Steer2Edit
+    configurations as stars, other methods as connected markers, the original model as a triangle;
+    error bars are bootstrap 95% CIs. Saves PNG and SVG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="paper")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
+    for ax, (title, points, track) in zip(axes[0], panels):
+        ps = [p for p in points if p["split"] == split and p["attribute"]["mean"] is not None]
+        vary = varying_params(ps)
+        orig = [p for p in ps if is_reference(p["method"])]
+        for m in sorted({p["method"] for p in ps}):
+            mp = sorted((p for p in ps if p["method"] == m),
+                        key=lambda p: (json.dumps(p["params"], sort_keys=True), p["strength"]))
+            x = np.array([p["utility"]["mean"] for p in mp])
+            y = np.array([p["attribute"]["mean"] for p in mp])
+            xerr = np.abs(np.array([[p["utility"]["ci95"][0], p["utility"]["ci95"][1]] for p in mp]).T - x)
+            yerr = np.abs(np.array([[p["attribute"]["ci95"][0], p["attribute"]["ci95"][1]] for p in mp]).T - y)
+            st = style_of(m)
+            fmt = st.fmt
+            if st.curve and m == baseline:
+                fmt = BASELINE_MARKER + BASELINE_LINESTYLE
+                if orig:  # the baseline curve starts at the original model (strength 0)
+                    ax.plot([orig[0]["utility"]["mean"], x[0]], [orig[0]["attribute"]["mean"], y[0]], "-",
+                            color=st.color, lw=1)
+            label = plain(st.label or m)
+            if st.count_configs and (vary.get(m) or len(mp) > 1):
+                label += f" ({len(mp)} configs)"
+            ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=fmt, color=st.color, ms=st.markersize, capsize=2,
+                        alpha=st.alpha, label=label, zorder=st.zorder)
+            if st.annotate:
+                for p, xi, yi in zip(mp, x, y):
+                    ax.annotate(f"{p['strength']:g}", (xi, yi), textcoords="offset points", xytext=(3, 3),
+                                fontsize=6)
+        ax.set_xlabel(f"utility ({split})")
+        arrow = "↑" if track.get("higher_is_better", True) else "↓"
+        ax.set_ylabel(plain(f"{track.get('attribute')} {arrow}"))
+        ax.set_title(plain(title))
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths = [path_stem.with_suffix(".png"), path_stem.with_suffix(".svg")]
+    for p in paths:
+        save_figure(fig, p, dpi=150)
+    plt.close(fig)
+    return paths
+
+
+def sweep_figure(sw: Sweep, stem: Path) -> Path | None:
+    """The sweep's test-split trade-off re-plotted by :func:`plot_panels` (PNG + SVG) from the points
+    whose attribute and utility have CIs; None when there are none."""
+    pts = []
+    for q in sw.points:
+        a, u = normalize_agg(q.get("attribute")), normalize_agg(q.get("utility"))
+        if q["split"] == "test" and a and u and None not in a["ci95"] + u["ci95"]:
+            pts.append({**q, "attribute": a, "utility": u})
+    if not pts:
+        return None
+    title = f"{sw.model_id} / {sw.benchmark}"
+    return plot_panels([(title, pts, sw.track)], stem, baseline=sw.baseline)[0]
+
+
+# (x, y) trade-off figures drawn when a group reports both metrics: edit success vs locality.
+TRADEOFF_HINTS = (("specificity", "efficacy"), ("specificity", "generalization"), ("utility", "attribute"))
+# one line per run (several runs may share a method): colours and markers by the run's position
+SERIES_PALETTE = "colorblind"
+SERIES_MARKERS = "osD^vPX"
+
+
+def tradeoff_pairs(metrics: Sequence[str]) -> list[tuple[str, str]]:
+    return [(x, y) for x, y in TRADEOFF_HINTS if x in metrics and y in metrics]
+
+
+def tradeoff_figure(group: dict) -> tuple[str, bytes, str] | None:
+    """One PNG (and SVG) for a leaderboard group with a panel per trade-off pair: a line per run
+    through its strengths (CI error bars), the unedited (pre-edit) point marked with a star."""
+    pairs = tradeoff_pairs(group["metrics"])
+    if not pairs:
+        return None
+    import seaborn as sns
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    post = [r for r in group["rows"] if r["kind"] == "post"]
+    series: dict[str, list[dict]] = {}
+    for r in post:
+        series.setdefault(r["run"], []).append(r)
+    colors = sns.color_palette(SERIES_PALETTE, max(len(series), 1))
+    fig = Figure(figsize=(5.2 * len(pairs), 4.2 + 0.22 * ((len(series) + 2) // 3)), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    for k, (x, y) in enumerate(pairs):
+        ax = fig.add_subplot(1, len(pairs), k + 1)
+        for i_s, (c, (rid, rows)) in enumerate(zip(colors, series.items())):
+            pts = [(r, r["metrics"][x], r["metrics"][y]) for r in rows if r["metrics"][x] and r["metrics"][y]]
+            if not pts:
+                continue
+            pts.sort(key=lambda t: t[0]["strength"])
+            xs = [p[1]["mean"] for p in pts]
+            ys = [p[2]["mean"] for p in pts]
+            label_cfg = re.sub(r"^s=[^;]*;? ?", "", pts[0][0]["config"])
+            cfg = f", {label_cfg}" if label_cfg and label_cfg != "defaults" else ""
+            label = plain(f"{rows[0]['method']} ({rid}{cfg})")
+            if all(p[1]["ci95"][0] is not None and p[2]["ci95"][0] is not None for p in pts):
+                xerr = [[p[1]["mean"] - p[1]["ci95"][0] for p in pts], [p[1]["ci95"][1] - p[1]["mean"] for p in pts]]
+                yerr = [[p[2]["mean"] - p[2]["ci95"][0] for p in pts], [p[2]["ci95"][1] - p[2]["mean"] for p in pts]]
+                ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="none", ecolor=c, alpha=0.25, lw=1)
+            ax.plot(xs, ys, "-", marker=SERIES_MARKERS[i_s % len(SERIES_MARKERS)], color=c, label=label, ms=4.5,
+                    lw=1.4)
+            for p, xv, yv in zip(pts, xs, ys):
+                ax.annotate(f"{p[0]['strength']:g}", (xv, yv), textcoords="offset points", xytext=(3, 3),
+                            fontsize=7, color=c)
+        pre = [r for r in group["rows"] if r["kind"] in ("pre", "reference") and r["metrics"][x] and r["metrics"][y]]
+        for i, r in enumerate(pre):
+            px, py = r["metrics"][x]["mean"], r["metrics"][y]["mean"]
+            ax.plot([px], [py], marker="*", ms=15, color="black", ls="none", zorder=5,
+                    label="unedited" if i == 0 else None)
+            if len(pre) > 1:  # several case sets: say which star is which
+                ax.annotate(plain(f"{r['run']} n={r['n']}"), (px, py), textcoords="offset points", xytext=(6, -10),
+                            fontsize=7)
+        ax.set_xlabel(plain(f"{x} (x100)"))
+        ax.set_ylabel(plain(f"{y} (x100)"))
+        ax.set_title(plain(f"{y} vs {x}"), fontsize=10)
+        ax.grid(alpha=0.3)
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(3, max(len(labels), 1)), fontsize=7.5,
+               frameon=False)
+    fig.suptitle(plain(group["title"]), fontsize=10)
+    png, svg = io.BytesIO(), io.StringIO()
+    save_figure(fig, png, "png")
+    save_figure(fig, svg, "svg")
+    title = "trade-off: " + ", ".join(f"{y} vs {x}" for x, y in pairs)
+    return title, png.getvalue(), svg.getvalue()
