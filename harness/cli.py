@@ -21,6 +21,8 @@ def _run_plan(a: argparse.Namespace) -> list[tuple[dict, Any]]:
     from editbench.runs.config import load_yaml, parse_grid_flags, parse_kv, parse_methods, parse_strengths, safe_name
     from editbench.runs.runner import RunConfig
 
+    if a.out is not None and not a.out.strip():  # with --grid, Path("") / point would be the working directory
+        raise EditbenchError("--out must not be empty (leave it out for the default directory)")
     common = dict(model=a.model, benchmark=a.benchmark, split=a.split, limit=a.limit, seed=a.seed,
                   batch_size=a.batch_size, chunk_size=a.chunk_size, device=a.device, dtype=a.dtype,
                   generation=a.generation, max_new_tokens=a.max_new_tokens, data_root=a.data_root)
@@ -61,12 +63,14 @@ def _run_plan(a: argparse.Namespace) -> list[tuple[dict, Any]]:
 
 
 def _cmd_run(a: argparse.Namespace) -> int:
-    from editbench.runs.runner import execute, format_grid_table, format_table
+    from editbench.runs.runner import execute, format_grid_table, format_table, resolve_params
 
     runs = []
     plan = _run_plan(a)
     for _point, cfg in plan:  # every configuration is checked before the first one runs
         cfg.validate()
+        registry.load("benchmark", cfg.benchmark)
+        resolve_params(registry.load("method", cfg.method), cfg.method_params)
     for point, cfg in plan:
         summary = execute(cfg, progress=not a.quiet, wait=a.wait)
         label = f" ({', '.join(f'{k}={v}' for k, v in point.items())})" if point else ""
@@ -91,6 +95,8 @@ def _cmd_attribute(a: argparse.Namespace) -> int:
 
     if a.limit is not None and a.limit < 1:
         raise EditbenchError(f"limit must be >= 1, got {a.limit}")
+    if a.out is not None and not a.out.strip():  # not the default directory: that is what leaving it out means
+        raise EditbenchError("--out must not be empty (leave it out for the default directory)")
     bench = CounterFact(data_root=a.data_root, split=a.split)
     cases = bench.load(a.limit)
     data_sha256 = {Path(k).name: v for k, v in bench.provenance()["files"].items()}
@@ -237,6 +243,11 @@ def _setup_logging() -> None:
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
 
+def one_line(text: str) -> str:
+    """An error message as one line: control characters (a newline in a crafted path) escaped."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
 class Terminated(Exception):
     """SIGTERM, turned into an exception so that the same clean exit path runs as for Ctrl-C."""
 
@@ -254,11 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return args.func(args)
-    except EditbenchError as e:
-        print(f"editbench: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # file-system trouble (path is a file, permission, disk full): one line
-        print(f"editbench: error: {e}", file=sys.stderr)
+    except (EditbenchError, OSError) as e:  # OSError: a path is a file, permission, disk full
+        print(f"editbench: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a leading newline ends a progress bar's line
         print("\neditbench: interrupted; finished cases are saved, rerun the same command to resume", file=sys.stderr)

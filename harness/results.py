@@ -281,6 +281,9 @@ class RunSummary(Summary):
     def validate(self) -> None:
         super().validate()
         p, d = self.path, self.data
+        _need(d["config"], "method_params", dict, p, optional=True)
+        if not isinstance((d.get("data") or {}).get("files", {}), dict):
+            raise DataError(f"{p}: 'data.files' must be a mapping of file hashes")
         _need(d, "n_cases", int, p, optional=True)
         rc = _need(d, "record_code", list, p, optional=True)
         if rc is not None and not all(isinstance(x, dict) for x in rc):
@@ -322,11 +325,23 @@ class SweepSummary(Summary):
         return self.data.get("analysis") or {}
 
     def points(self) -> list[dict]:
-        """The per-point lines of ``points.jsonl`` (strict: a sweep's points are its result)."""
+        """The per-point lines of ``points.jsonl``, validated (strict: a sweep's points are its result)."""
         pp = self.directory / "points.jsonl"
         if _existing(pp) is None:
             raise DataError(f"sweep {self.directory} has no points.jsonl")
-        return read_jsonl(pp, required=("key", "split", "method"))
+        points = read_jsonl(pp)
+        for i, q in enumerate(points, 1):
+            s = q.get("strength")
+            if not (isinstance(q.get("method"), str) and isinstance(q.get("params"), dict)
+                    and isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s)
+                    and q.get("split") in ("val", "test")):
+                raise DataError(f"{pp}: line {i} is not a sweep point (needs method, params, strength, split val/test)")
+            for name in ("attribute", "utility"):
+                if name in q:
+                    _check_agg_map({name: q[name]}, f"line {i}", pp)
+        if not points:
+            raise DataError(f"{pp} holds no points")
+        return points
 
 
 class StudySummary(Summary):
@@ -345,8 +360,9 @@ def stamp(summary: dict, kind: str) -> dict:
 def load_summary(directory: str | os.PathLike, expect: str | Iterable[str] | None = None) -> Summary:
     """The typed summary of a run, sweep or study directory; ``expect`` restricts the kinds."""
     d = Path(directory)
+    what = expect if isinstance(expect, str) else "results"
     if not d.exists():
-        raise DataError(f"directory {d} does not exist")
+        raise DataError(f"{what} directory {d} does not exist")
     if not d.is_dir():
         raise DataError(f"{d} is not a directory")
     sp = d / "summary.json"
@@ -354,17 +370,19 @@ def load_summary(directory: str | os.PathLike, expect: str | Iterable[str] | Non
         hint = " (still in progress or interrupted?)" if (d / "config.json").is_file() else ""
         raise DataError(f"{d} has no summary.json{hint}")
     data = read_json(sp, "summary")
+    wanted = (expect,) if isinstance(expect, str) else tuple(expect or KINDS)
+    label = " or ".join(wanted) if expect else "run, sweep or attribution"
     if not isinstance(data, dict):
-        raise DataError(f"{sp} is a JSON {type(data).__name__}, not an editbench summary")
+        raise DataError(f"{sp} is not an editbench {label} summary (it is a JSON {type(data).__name__})")
     fv = data.get("format_version", 0)
     if isinstance(fv, bool) or not isinstance(fv, int) or fv > FORMAT_VERSION:
         raise DataError(f"{sp}: unsupported format_version {fv!r} (this editbench reads up to {FORMAT_VERSION})")
     kind = _kind_of(data)
     if kind is None:
-        raise DataError(f"{sp} is not an editbench run, sweep or attribution summary")
-    wanted = (expect,) if isinstance(expect, str) else tuple(expect or KINDS)
+        raise DataError(f"{sp} is not an editbench {label} summary: neither a run summary (no per-strength "
+                        "points) nor a sweep or attribution summary")
     if kind not in wanted:
-        raise DataError(f"{sp} is a {kind} summary, not a {' or '.join(wanted)} summary")
+        raise DataError(f"{sp} is not an editbench {label} summary (it is a {kind} summary)")
     s = _TYPES[kind](sp, data)
     s.validate()
     return s

@@ -234,7 +234,7 @@ class MEGA(Method):
         try:
             art = json.loads(path.read_text())
             region = tuple(art["region"])
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
             raise ConfigError(f"method 'mega': {path} is not an attribution artifact (no 'region' list)") from None
         made_for = art.get("model") if isinstance(art.get("model"), dict) else {}
         if made_for.get("n_layers") not in (None, n_layers):

@@ -182,3 +182,40 @@ def test_console_script_exit_code(tmp_path):
     p = subprocess.run([sys.executable, "-m", "editbench.cli", "run", "--method", "nope", "--model", "tiny-llama"],
                        capture_output=True, text=True)
     assert p.returncode == 2 and "Traceback" not in p.stderr and "unknown method" in p.stderr
+
+
+def test_run_config_file_runs_every_method_entry(cf_root, tmp_path, capsys):
+    """`editbench run --config` reads the sweep's `methods:` shape: one run directory per
+    configuration, named from the resolved values (slug + hash), refused as a whole when any entry
+    is invalid (nothing written)."""
+    import yaml
+
+    cfg = {"model": "tiny-llama", "benchmark": "counterfact", "limit": 2, "data_root": str(cf_root),
+           "out": str(tmp_path / "runs"),
+           "methods": [{"name": "unedited"},
+                       {"name": "steer2edit", "grid": {"alpha": [0.3, 0.6]}, "strengths": [1, 2]}]}
+    path = tmp_path / "runs.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    code, stdout, err = run(["run", "--config", str(path), "--quiet"], capsys)
+    assert code == 0, err
+    dirs = sorted(str(p.parent.relative_to(tmp_path / "runs")) for p in (tmp_path / "runs").rglob("summary.json"))
+    assert dirs[2] == "unedited/default"
+    assert [d.rsplit("-", 1)[0] for d in dirs[:2]] == ["steer2edit/alpha=0.3", "steer2edit/alpha=0.6"]
+    for d in dirs:
+        c = json.loads((tmp_path / "runs" / d / "config.json").read_text())
+        if d.startswith("steer2edit/"):
+            assert c["method_params"]["alpha"] == float(d.split("=")[1].rsplit("-", 1)[0]) and c["strengths"] == [1.0, 2.0]
+    assert "# grid: trade-off across configurations and strengths" in stdout
+    # an invalid entry refuses the whole config before anything runs
+    bad = {**cfg, "out": str(tmp_path / "bad"), "methods": [{"name": "unedited"}, {"name": "steer2edit", "params": {"nope": 1}}]}
+    path.write_text(yaml.safe_dump(bad))
+    code, _, err = run(["run", "--config", str(path)], capsys)
+    assert code == 2 and "has no hyperparameter 'nope'" in err and err.count("\n") == 1
+    assert not (tmp_path / "bad").exists()
+    for text, msg in (("methods: [{name: unedited, grid: [1, 2]}]\nout: x\n", "'grid' must map"),
+                      ("methods: [{name: [steering]}]\nout: x\n", "'name' must be a string"),
+                      ("- 1\n- 2\n", "must be a mapping"),
+                      ("methods: [{name: unedited}]\n", "needs 'out'")):
+        path.write_text(text)
+        code, _, err = run(["run", "--config", str(path)], capsys)
+        assert code == 2 and msg in err and err.count("\n") == 1, err

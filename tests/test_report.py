@@ -257,7 +257,7 @@ def test_report_discovery_and_bad_input(tmp_path, capsys):
     (broken / "summary.json").write_text('{"points": ')
     for args, msg in [([tmp_path / "nope"], "does not exist"),
                       ([broken], "summary.json is not valid JSON"),
-                      ([tmp_path / "res" / "attribution"], "not an editbench run summary"),
+                      ([tmp_path / "res" / "attribution"], "not an editbench run or sweep summary"),
                       ([tmp_path / "res" / "wip"], "no run or sweep summaries found")]:
         code, _, err = cli(["report", *args, "--out", tmp_path / "rep2"], capsys)
         assert code == 2 and msg in err and err.count("\n") == 1 and "Traceback" not in err

@@ -48,15 +48,17 @@ def evil_run(root: Path) -> Path:
     params = {EVIL: EVIL, "path": f"/data/{EVIL_NAME}/x.pt", "rho": 0.5}
     metrics = {"score": 50.0, "efficacy": 60.0, "specificity": 40.0, "efficacy_magnitude": 3.0}
     post = {m: agg(v) for m, v in metrics.items()}
-    post["efficacy"]["n"] = SCRIPT  # the per-metric n differs from the run's: shown as (n=...)
-    post["specificity"]["n"] = IMG + QUOTE + PIPE
+    # the per-metric n differs from the run's: shown as (n=...); a run summary's n must be an
+    # integer (a crafted string is refused by the results layer, see test_crafted_n_is_refused)
+    post["efficacy"]["n"] = 3
+    post["specificity"]["n"] = 2
     post[EVIL] = agg(7.0)  # a metric name
     config = {"model": EVIL, "benchmark": EVIL, "split": EVIL, "method": EVIL, "method_params": params,
               "strengths": [1.0], "seed": EVIL, "dtype": EVIL}
     versions = {"editbench": EVIL, "git_commit": EVIL, "git_dirty": True, EVIL: EVIL}
     summary = {
         "config": config, "n_cases": 4, "versions": versions,
-        "record_code": [{**versions, "n_records": EVIL}],
+        "record_code": [{**versions, "n_records": 4}],
         "model": {"model_id": EVIL, "weights_sha256": EVIL, "dtype": EVIL, "model_type": EVIL, "device": EVIL,
                   "source": EVIL},
         "data": {"benchmark": EVIL, "split": EVIL, "files": {f"/data/{EVIL_NAME}.json": EVIL}},
@@ -88,7 +90,7 @@ def evil_sweep(root: Path) -> Path:
     for split in ("val", "test"):
         for method, params, s, a, u in specs:
             points.append({"key": point_key(method, params, s), "method": method, "params": params, "strength": s,
-                           "split": split, "attribute": agg(a, n=SCRIPT), "utility": agg(u, n=IMG),
+                           "split": split, "attribute": agg(a, n=4), "utility": agg(u, n=6),
                            EVIL: agg(1.0, n=QUOTE), "seconds": {"fit": 0.1, "eval": 0.2}, "code": code})
     track = {"attribute": EVIL, "higher_is_better": False, "scale": 1.0, "n_items": {"val": EVIL, "test": 4}}
     config = {"model": EVIL, "benchmark": EVIL, "out": str(d), "limit": EVIL, "probe_limit": 4, "seed": 0,
@@ -161,7 +163,7 @@ def test_html_has_only_our_elements(report):
             assert re.fullmatch(r"#[\w-]+", attrs["href"]), attrs
     # the crafted strings are shown as text, not dropped
     text = "".join(dom.text)
-    for s in (SCRIPT, IMG, QUOTE, "(n=" + SCRIPT + ")", "(n=" + IMG + QUOTE + PIPE + ")"):
+    for s in (SCRIPT, IMG, QUOTE, "(n=3)", "(n=2)"):
         assert s in text
     titles = " ".join(a.get("title", "") for _, a in dom.tags)
     assert QUOTE in titles and SCRIPT in titles
@@ -234,11 +236,25 @@ def test_markdown_tables_keep_their_columns(report):
     assert "<" not in rest, rest[rest.index("<") - 80:rest.index("<") + 80]
     # no crafted newline starts a line of its own (a heading, a table row, a list item)
     assert not any(line.startswith("next`line") for line in lines)
-    assert "(n=&lt;script>alert(1)&lt;/script>)" in md
+    assert "(n=3)" in md
 
 
 def test_json_keeps_the_raw_values(report):
     board = json.loads((report / "leaderboard.json").read_text(encoding="utf-8"))
     (g,) = board["groups"]
     row = next(r for r in g["rows"] if r["kind"] == "post")
-    assert row["method"] == EVIL and row["metrics"]["efficacy"]["n"] == SCRIPT
+    assert row["method"] == EVIL and row["metrics"]["efficacy"]["n"] == 3
+
+
+def test_crafted_n_is_refused(tmp_path, capsys):
+    """A run summary whose per-metric n is a string never reaches a page: one line, exit 2."""
+    from editbench.cli import main
+
+    d = evil_run(tmp_path / "res")
+    summary = json.loads((d / "summary.json").read_text())
+    summary["points"]["1.0"]["post"]["efficacy"]["n"] = SCRIPT
+    (d / "summary.json").write_text(json.dumps(summary))
+    assert main(["report", str(d), "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("editbench: error:") and err.count("\n") == 1 and ".n must be an integer" in err
+    assert not (tmp_path / "rep").exists()

@@ -20,6 +20,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from editbench.evaluation import metric_registry
 from editbench.evaluation import metrics as M
 from editbench.modeling.interventions import Intervention, NoIntervention
 from editbench.modeling.loading import LoadedModel
@@ -249,7 +250,7 @@ class KnowledgeEditEvaluator:
                 names = [m for m in ROME_METRICS + EASYEDIT_METRICS + MEGA_METRICS + ("fluency",) if m in rs[0][state]]
                 agg = {}
                 for m in names:
-                    scale = 1.0 if m == "fluency" else 100.0
+                    scale = 100.0 if metric_registry.spec_of(m).scale == "percent" else 1.0
                     bad = sum(m in (r.get("non_finite") or {}).get(state, ()) for r in rs)
                     agg[m] = M.aggregate([r[state].get(m) for r in rs], scale=scale, non_finite=bad)
                 agg["score"] = M.aggregate_joint(

@@ -45,20 +45,28 @@ def rome_prompt_family(new: Sequence[TargetScore], true: Sequence[TargetScore], 
     return _mean(succ), _mean(mag)
 
 
-def token_accuracy(scores: Sequence[TargetScore]) -> float:
+def _finite(*scores: TargetScore) -> bool:
+    """Argmaxes of NaN/inf logits mean nothing: such a prompt's argmax metrics are NaN (flagged)."""
+    return all(math.isfinite(s.nll) for s in scores)
+
+
+def token_accuracy(scores: Sequence[TargetScore]) -> float | None:
     """EasyEdit: teacher-forced share of target tokens predicted by argmax, averaged over prompts."""
-    return _mean([s.token_accuracy for s in scores])
+    return _mean([s.token_accuracy if _finite(s) else math.nan for s in scores])
 
 
-def first_token_match(scores: Sequence[TargetScore]) -> float:
+def first_token_match(scores: Sequence[TargetScore]) -> float | None:
     """Greedy first-token prefix match: the argmax after the prompt is the target's first token."""
-    return _mean([float(s.argmax_ids[0] == s.target_ids[0]) for s in scores])
+    return _mean([float(s.argmax_ids[0] == s.target_ids[0]) if _finite(s) else math.nan for s in scores])
 
 
-def locality_agreement(pre: Sequence[TargetScore], post: Sequence[TargetScore]) -> float:
+def locality_agreement(pre: Sequence[TargetScore], post: Sequence[TargetScore]) -> float | None:
     """EasyEdit locality: share of teacher-forced argmax tokens unchanged by the edit."""
     vals = []
     for a, b in zip(pre, post, strict=True):
+        if not _finite(a, b):
+            vals.append(math.nan)
+            continue
         vals.append(_mean([float(x == y) for x, y in zip(a.argmax_ids, b.argmax_ids, strict=True)]))
     return _mean(vals)
 

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from editbench.plugins import registry
+from editbench.plugins.method import Method
 from editbench.plugins.inspection import (_Injected, _max_diff, _summarise, fingerprint, fingerprint_diff,  # noqa: F401
                                           score_under, score_uniform, snapshot, state_problems)
 from editbench.modeling.directions import ProbeExample
@@ -351,7 +352,7 @@ class _Suite:
         if "behaviour" not in getattr(self.cls, "supports", frozenset()):
             return CheckResult("behaviour", True, "not declared in supports: skipped", skipped=True)
         fb = getattr(self.cls, "fit_behaviour", None)
-        if not callable(fb):
+        if not callable(fb) or fb is Method.fit_behaviour:  # the contract's default only refuses
             return CheckResult("behaviour", False, "declares 'behaviour' in supports but has no fit_behaviour")
         m = self.fresh()
         seed_everything(self.seed)

@@ -54,22 +54,19 @@ def load_summary(run_dir: str | Path) -> dict:
 
 
 def read_cases(run_dir: str | Path) -> list[dict]:
-    """Per-case records of a run (plain or gzipped), read-only; malformed lines are skipped."""
-    return results.read_jsonl(Path(run_dir) / "cases.jsonl", strict=False)
+    """Per-case records of a run (plain or gzipped), read-only; malformed lines are skipped, and so
+    are records of the wrong shape (post not a mapping, a strength that is not a number, ...)."""
+    def usable(r: dict) -> bool:
+        return (isinstance(r.get("post"), dict) and as_number(r.get("strength", 0.0)) is not None
+                and all(isinstance(r.get(k, {}), dict) for k in ("pre", "request", "prompts")))
+
+    return [r for r in results.read_jsonl(Path(run_dir) / "cases.jsonl", strict=False) if usable(r)]
 
 
 def load_sweep(sweep_dir: str | Path) -> tuple[dict, list[dict]]:
     """A sweep's summary.json and points.jsonl, validated enough that reporting cannot fail halfway."""
     sw = results.load_summary(sweep_dir, expect="sweep")
-    pp = sw.directory / "points.jsonl"
     points = sw.points()
-    for i, q in enumerate(points, 1):
-        if not (isinstance(q.get("method"), str) and isinstance(q.get("params"), dict)
-                and as_number(q.get("strength")) is not None and q.get("split") in ("val", "test")):
-            raise EditbenchError(f"{pp}: line {i} is not a sweep point (needs method, params, strength, "
-                                 "split val/test)")
-    if not points:
-        raise EditbenchError(f"{pp} holds no points")
     return sw.data, points
 
 
@@ -109,7 +106,7 @@ def find_results(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Path], 
             elif kind == "sweep":
                 sweep_dirs.append(d)
             else:
-                skipped.append(f"{d}: a {kind} summary, neither a run nor a sweep")
+                skipped.append(f"{d}: neither a run summary (no per-strength points) nor a sweep summary")
         for c in sorted(c.parent for c in p.rglob("config.json")):
             if not (c / "summary.json").exists() and ((c / "cases.jsonl").exists() or (c / "points.jsonl").exists()):
                 what = "run" if (c / "cases.jsonl").exists() else "sweep"

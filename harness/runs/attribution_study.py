@@ -123,10 +123,11 @@ def _run_study(rd: ResultDir, lm: LoadedModel, cases, editor_name: str, editor_p
               "editor_params": json.loads(json.dumps(dataclasses.asdict(editor.params), default=str)), "seed": seed,
               "width": width, "weights_sha256": lm.provenance().get("weights_sha256"),
               "data_sha256": data_sha256}
+    required = {"case_id": (int, str), "success": bool, "promote_new": dict, "suppress_old": dict}
+    rd.check_records(CASES, required)  # a malformed file is refused before config.json is rewritten
     rd.check_or_write_config(config, keys=("kind", "model", "editor", "split", "editor_params", "seed"),
                              provenance_keys=("weights_sha256", "data_sha256"))
-    records = rd.load_records(CASES, required={"case_id": (int, str), "success": bool, "promote_new": dict,
-                                               "suppress_old": dict})
+    records = rd.load_records(CASES, required=required)
     done = {r["case_id"] for r in records}
     for case in tqdm([c for c in cases if c.case_id not in done], desc=f"attribution ({editor_name})",
                      unit="case", disable=not progress):

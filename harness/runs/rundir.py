@@ -64,7 +64,17 @@ class ResultDir:
 
     # -- config ---------------------------------------------------------------------------------
     def has_results(self) -> bool:
-        return any((self.path / f).exists() or (self.path / (f + ".gz")).exists() for f in self.result_files)
+        """A results file holding at least one complete line (a crash before the first record can
+        leave an empty file or a torn line, which must not block a corrected rerun)."""
+        for f in self.result_files:
+            p = self.path / f
+            if (self.path / (f + ".gz")).exists():
+                return True
+            if p.exists():
+                with open(p, "rb") as fh:
+                    if any(b"\n" in block for block in iter(lambda: fh.read(1 << 16), b"")):
+                        return True
+        return False
 
     def check_or_write_config(self, resolved: Mapping[str, Any], keys: Sequence[str],
                               provenance_keys: Sequence[str] = ()) -> None:
@@ -85,6 +95,10 @@ class ResultDir:
         results.write_json(self.config_path, dict(resolved))
 
     # -- records ---------------------------------------------------------------------------------
+    def check_records(self, name: str, required: Iterable[str] | Mapping = ()) -> None:
+        """Validate ``name`` read-only (a resume refuses a malformed file before writing anything)."""
+        results.read_jsonl(self.path / name, required=required)
+
     def file(self, name: str) -> Path:
         return self.path / name
 

@@ -119,6 +119,7 @@ def execute(cfg: RunConfig, progress: bool = True, on_chunk: Callable[[int], Non
         data = bench.provenance()
         resolved["data_sha256"] = {Path(k).name: v for k, v in data["files"].items()}
         resolved["weights_sha256"] = lm.provenance()["weights_sha256"]
+        out.check_records(CASES, RECORD_FIELDS)  # a malformed file is refused before config.json is rewritten
         out.check_or_write_config(resolved, RESULT_KEYS, PROVENANCE_KEYS)
 
         existing = out.load_records(CASES, required=RECORD_FIELDS)
@@ -131,20 +132,22 @@ def execute(cfg: RunConfig, progress: bool = True, on_chunk: Callable[[int], Non
         t0 = time.time()
         bar = tqdm(total=len(cases), initial=n_done, unit="case", disable=not progress,
                    desc=f"{cfg.method} on {cfg.benchmark}", file=sys.stderr)
-        for start in range(0, len(cases), cfg.chunk_size):
-            chunk = cases[start:start + cfg.chunk_size]
-            missing = [c for c in chunk if any((c.case_id, s) not in done for s in cfg.strengths)]
-            if not missing:
-                continue
-            records = [{**r, "code": code} for r in evaluator.evaluate(chunk)
-                       if (r["case_id"], r["strength"]) not in done]
-            out.append(CASES, records)
-            done |= {(r["case_id"], r["strength"]) for r in records}
-            existing += records
-            bar.update(len(missing))
-            if on_chunk:
-                on_chunk(start + len(chunk))
-        bar.close()
+        try:
+            for start in range(0, len(cases), cfg.chunk_size):
+                chunk = cases[start:start + cfg.chunk_size]
+                missing = [c for c in chunk if any((c.case_id, s) not in done for s in cfg.strengths)]
+                if not missing:
+                    continue
+                records = [{**r, "code": code} for r in evaluator.evaluate(chunk)
+                           if (r["case_id"], r["strength"]) not in done]
+                out.append(CASES, records)
+                done |= {(r["case_id"], r["strength"]) for r in records}
+                existing += records
+                bar.update(len(missing))
+                if on_chunk:
+                    on_chunk(start + len(chunk))
+        finally:  # also on Ctrl-C / SIGTERM: the bar ends before the CLI's message
+            bar.close()
 
         wanted = {c.case_id for c in cases}
         mine = [r for r in existing if r["case_id"] in wanted and r["strength"] in cfg.strengths]

@@ -93,7 +93,20 @@ class SweepConfig(CommonConfig):
 
     @classmethod
     def load(cls, path: str | Path) -> "SweepConfig":
-        return cls.from_dict(load_yaml(path))
+        """The config of a YAML file, hyperparameters included, checked before any model loads;
+        every error names the file."""
+        from editbench.plugins.method import parse_params
+
+        d = load_yaml(path)  # its errors name the file
+        try:
+            cfg = cls.from_dict(d)
+            for spec in cfg.methods:
+                method_cls = registry.load("method", spec.name)
+                for params in spec.configs():
+                    parse_params(method_cls.Params, params, spec.name)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+        return cfg
 
 
 def point_key(method: str, params: dict, strength: float) -> str:
@@ -109,7 +122,8 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, wait: bool = False) -> di
     bench_cls = registry.load("benchmark", cfg.benchmark)
     method_classes = {m.name: registry.load("method", m.name) for m in cfg.methods}
     suite = UtilitySuite(cfg.utility, cfg.data_root)
-    with ResultDir(Path(cfg.out), result_files=(POINTS, ITEMS)).writing(wait=wait) as out:
+    # results = finished points (items without their point line are orphans, dropped on resume)
+    with ResultDir(Path(cfg.out), result_files=(POINTS,)).writing(wait=wait) as out:
         lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, seed=cfg.seed)
         planned = []  # every configuration is validated before any compute
         for spec in cfg.methods:
@@ -132,6 +146,8 @@ def _sweep(out: ResultDir, cfg: SweepConfig, lm, suite, track, planned: list, pr
     data = {"benchmark": track.provenance(), "utility": suite.data_files()}
     resolved["data_sha256"] = {**_hashes(data["benchmark"]), **{Path(f).name: h for f, h in data["utility"].items()}}
     resolved["weights_sha256"] = lm.provenance()["weights_sha256"]
+    for name in (POINTS, ITEMS):  # a malformed file is refused before config.json is rewritten
+        out.check_records(name, {"key": str, "split": str})
     out.check_or_write_config(resolved, RESULT_KEYS, PROVENANCE_KEYS)
     done = {(r["key"], r["split"]) for r in out.load_records(POINTS, required={"key": str, "split": str})}
     items = out.load_records(ITEMS, required={"key": str, "split": str})
