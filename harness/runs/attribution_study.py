@@ -129,12 +129,16 @@ def _run_study(rd: ResultDir, lm: LoadedModel, cases, editor_name: str, editor_p
                              provenance_keys=("weights_sha256", "data_sha256"))
     records = rd.load_records(CASES, required=required)
     done = {r["case_id"] for r in records}
-    for case in tqdm([c for c in cases if c.case_id not in done], desc=f"attribution ({editor_name})",
-                     unit="case", disable=not progress):
-        seed_everything(seed)
-        rec = study_case(lm, editor, case)
-        rd.append(CASES, [rec])
-        records.append(rec)
+    bar = tqdm([c for c in cases if c.case_id not in done], desc=f"attribution ({editor_name})",
+               unit="case", disable=not progress)
+    try:  # closed before an interrupt's message is printed
+        for case in bar:
+            seed_everything(seed)
+            rec = study_case(lm, editor, case)
+            rd.append(CASES, [rec])
+            records.append(rec)
+    finally:
+        bar.close()
     wanted = {c.case_id for c in cases}
     records = [r for r in records if r["case_id"] in wanted]
     n = lm.adapter.n_layers

@@ -159,34 +159,36 @@ def _sweep(out: ResultDir, cfg: SweepConfig, lm, suite, track, planned: list, pr
     code = code_version(run_versions)  # per point: resumes may span commits
     todo = [("unedited", {}, 0.0, None)] + [(s.name, p, st, m) for s, p, m in planned for st in s.strengths]
     bar = tqdm(total=2 * len(todo), unit="point", disable=not progress, desc=f"sweep {cfg.benchmark}")
-    fitted_cache: dict[str, Any] = {}
-    for name, params, strength, method in todo:
-        key = point_key(name, params, strength)
-        for split in ("val", "test"):
-            if (key, split) in done:
+    try:  # the bar is closed before an interrupt's message is printed
+        fitted_cache: dict[str, Any] = {}
+        for name, params, strength, method in todo:
+            key = point_key(name, params, strength)
+            for split in ("val", "test"):
+                if (key, split) in done:
+                    bar.update(1)
+                    continue
+                t0 = time.perf_counter()
+                fkey = point_key(name, params, 0.0)
+                if fkey not in fitted_cache:
+                    fitted_cache[fkey] = Original() if method is None else track.fit(method)
+                fit_s = time.perf_counter() - t0
+                fitted = fitted_cache[fkey]
+                t1 = time.perf_counter()
+                a_recs, a_agg = track.attribute(fitted, strength, split)
+                u_recs = []
+                for tag, ctx in track.utility_contexts(fitted, strength, split):
+                    u_recs += [dict(r, edit=tag) for r in suite.evaluate(lm, ctx, split, batch_size=cfg.batch_size)]
+                point = {"key": key, "method": name, "params": params, "strength": strength, "split": split,
+                         "method_class": "reference" if method is None else type(method).method_class,
+                         **a_agg, **suite.summarize(u_recs),
+                         "seconds": {"fit": round(fit_s, 3), "eval": round(time.perf_counter() - t1, 3)}, "code": code}
+                out.append(ITEMS, [{"key": key, "split": split, "kind": "attribute", **r} for r in a_recs] +
+                           [{"key": key, "split": split, "kind": "utility", **r} for r in u_recs])
+                out.append(POINTS, [point])  # written last: a point counts as done only with its items
+                done.add((key, split))
                 bar.update(1)
-                continue
-            t0 = time.perf_counter()
-            fkey = point_key(name, params, 0.0)
-            if fkey not in fitted_cache:
-                fitted_cache[fkey] = Original() if method is None else track.fit(method)
-            fit_s = time.perf_counter() - t0
-            fitted = fitted_cache[fkey]
-            t1 = time.perf_counter()
-            a_recs, a_agg = track.attribute(fitted, strength, split)
-            u_recs = []
-            for tag, ctx in track.utility_contexts(fitted, strength, split):
-                u_recs += [dict(r, edit=tag) for r in suite.evaluate(lm, ctx, split, batch_size=cfg.batch_size)]
-            point = {"key": key, "method": name, "params": params, "strength": strength, "split": split,
-                     "method_class": "reference" if method is None else type(method).method_class,
-                     **a_agg, **suite.summarize(u_recs),
-                     "seconds": {"fit": round(fit_s, 3), "eval": round(time.perf_counter() - t1, 3)}, "code": code}
-            out.append(ITEMS, [{"key": key, "split": split, "kind": "attribute", **r} for r in a_recs] +
-                       [{"key": key, "split": split, "kind": "utility", **r} for r in u_recs])
-            out.append(POINTS, [point])  # written last: a point counts as done only with its items
-            done.add((key, split))
-            bar.update(1)
-    bar.close()
+    finally:
+        bar.close()
     points = out.load_records(POINTS)
     summary = {"config": resolved, "versions": run_versions, "model": lm.provenance(), "data": data,
                "analysis": analyze(points, resolved["track"], baseline=cfg.baseline)}
