@@ -28,7 +28,8 @@ from editbench.requests import EditCase
 from editbench.plugins.scaffold import names_for, scaffold
 from editbench.plugins.method import Method
 
-BUILTINS = ("unedited", "steering", "steering-layer", "steer2edit", "ft", "mega")
+BUILTINS = ("unedited", "steering", "steering-layer", "steer2edit", "ft", "mega", "rome", "memit",
+            "grace")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,7 +309,7 @@ def test_scaffolded_method_conforms_without_install(tmp_path, monkeypatch, capsy
     assert '[project.entry-points."editbench.methods"]' in pyproject
     assert f'{name} = "editbench_kit_template.method:KitTemplate"' in pyproject
     assert f'assert_conforms("{name}"' in (root / "tests" / "test_conformance.py").read_text()
-    allowed = {"editbench", "__future__", "dataclasses", "typing", "torch"}  # the plugin imports only editbench
+    allowed = {"editbench", "__future__", "dataclasses", "typing", "math", "torch"}  # editbench, stdlib, torch
     for f in root.rglob("*.py"):
         for node in ast.walk(ast.parse(f.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level == 0:
