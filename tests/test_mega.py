@@ -96,6 +96,54 @@ def test_gate_leaves_out_of_scope_bit_identical():
     assert steered[2] != base[2]
 
 
+def test_gate_off_steers_every_prompt():
+    """gate=off (the ablation): the same vectors land on out-of-scope prompts too, so they differ from
+    the unedited model there, while gate=subject leaves them bit-identical."""
+    lm = tiny("tiny-llama")
+    common = {"mode": "contrast", "layers": "2", "gate_layer": "1", "gate_threshold": "0.99"}
+    on, off = MEGA(lm, {**common, "gate": "subject"}).fit_edit(REQ), MEGA(lm, {**common, "gate": "off"}).fit_edit(REQ)
+    assert on.key is not None and off.key is None
+    assert all(torch.equal(a.vector, b.vector) for a, b in zip(on.vectors, off.vectors))
+    out_scope = [ScoreRequest("Paris is the capital of", "France"), ScoreRequest("qqq", "w")]
+    in_scope = [ScoreRequest(REQ.prompt, REQ.target_new)]
+    base = _score(lm, None, out_scope + in_scope)
+    gated, ungated = _score(lm, on, out_scope + in_scope, s=3.0), _score(lm, off, out_scope + in_scope, s=3.0)
+    assert gated[:2] == base[:2] and all(u != b for u, b in zip(ungated[:2], base[:2]))
+    assert gated[2] == ungated[2] != base[2]  # in scope: the same edit either way
+    # batching: one case per row, batch 1 vs 16, agrees
+    reqs = out_scope + in_scope
+    per_row = [x.nll for x in score_targets(lm, reqs, batch_size=1, batch_context=lambda b: MegaIntervention.apply_rows(
+        lm, [(off, 3.0)] * len(b.indices), b))]
+    assert per_row == pytest.approx(ungated, abs=1e-4)
+
+
+def test_gate_param_values():
+    """gate takes subject | off (and booleans, as older configs and run directories hold it); the
+    resolved value stays a bool, so runs made before the option keep their hash and labels."""
+    from editbench.runs.runner import resolve_params
+
+    assert resolve_params(MEGA, {"gate": "subject"})["gate"] is True
+    assert resolve_params(MEGA, {"gate": "off"})["gate"] is False
+    assert resolve_params(MEGA, {"gate": True})["gate"] is True and resolve_params(MEGA, {})["gate"] is True
+    assert resolve_params(MEGA, {"gate": "none"})["gate"] is False
+    with pytest.raises(ConfigError, match="gate must be 'subject' or 'off'"):
+        resolve_params(MEGA, {"gate": "maybe"})
+    with pytest.raises(ConfigError, match="needs gate=subject"):
+        MEGA(tiny("tiny-llama"), {"gate": "off", "positions": "last+subject"})
+    lm = tiny("tiny-llama")
+    m = MEGA(lm, {"gate": "off", "layers": "1", "mode": "contrast"})  # no gate: no gate layer to precede the region
+    assert m.gate is None and m.fit_edit(REQ).key is None
+    with pytest.raises(ConfigError, match="no gate keys"):
+        m.gate_key(REQ)
+
+
+def test_mega_gate_off_conforms():
+    """`editbench check-method mega --param gate=off`."""
+    from editbench import assert_conforms
+
+    assert_conforms("mega", params={"gate": "off"})
+
+
 def test_strength_zero_and_batch_mix():
     """Many cases in one batch: each row gets its own vectors; strength 0 changes nothing."""
     lm = tiny("tiny-gpt2")

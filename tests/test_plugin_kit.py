@@ -28,7 +28,7 @@ from editbench.requests import EditCase
 from editbench.plugins.scaffold import names_for, scaffold
 from editbench.plugins.method import Method
 
-BUILTINS = ("unedited", "steering", "steering-layer", "steer2edit", "ft", "mega", "rome", "memit",
+BUILTINS = ("unedited", "steering", "steering-layer", "steering-gated", "steer2edit", "ft", "mega", "rome", "memit",
             "grace")
 
 
@@ -366,3 +366,23 @@ def test_scaffold_install_list_check(tmp_path):
         assert r.returncode == 0, r.stdout + r.stderr
     r = run([*_editbench(), "methods"])
     assert name not in r.stdout
+
+
+def test_params_with_postponed_annotations(tmp_path, monkeypatch):
+    """Params declared under ``from __future__ import annotations`` (the scaffold's style), with
+    ``Path | None`` and ``tuple[int, ...]`` fields, convert CLI strings (typing.get_type_hints, no eval)."""
+    from editbench.plugins.method import parse_params
+
+    (tmp_path / "postponed_params_mod.py").write_text(
+        "from __future__ import annotations\nfrom dataclasses import dataclass\nfrom pathlib import Path\n\n\n"
+        "@dataclass\nclass Params:\n    region: Path | None = None\n    layers: tuple[int, ...] = ()\n"
+        "    lr: float = 0.1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from postponed_params_mod import Params
+
+    p = parse_params(Params, {"region": "/tmp/r.json", "layers": "1,2", "lr": "0.5"}, "m")
+    assert p.region == Path("/tmp/r.json") and p.layers == (1, 2) and p.lr == 0.5
+    assert parse_params(Params, {"region": "none"}, "m").region is None
+    for bad in ("nan", "inf", "-inf"):
+        with pytest.raises(ConfigError, match="finite"):
+            parse_params(Params, {"lr": bad}, "m")

@@ -35,8 +35,9 @@ CF = {"score": 50.0, "efficacy": 60.0, "generalization": 55.0, "specificity": 40
 
 def make_run(root, name, method="steer2edit", params=None, points=None, pre=None, split="edit", weights="a" * 64,
              data_sha="b" * 64, n=20, benchmark="counterfact", half=5.0, commit="abc1234def", dirty=True,
-             seed=0, cases=True):
-    """A run directory as `editbench run` writes it (only the fields the report/compare read)."""
+             seed=0, cases=True, extra=None):
+    """A run directory as `editbench run` writes it (only the fields the report/compare read);
+    ``extra``: more summary fields (e.g. ``method_class``, which summaries written before it lack)."""
     d = Path(root) / name
     d.mkdir(parents=True)
     points = points if points is not None else {1.0: CF}
@@ -55,6 +56,7 @@ def make_run(root, name, method="steer2edit", params=None, points=None, pre=None
         "points": {repr(float(s)): {"post": {m: agg(v, half, n) for m, v in ms.items()},
                                     "seconds_per_case": {"fit": 0.1, "eval": 0.2, "pre_eval": 0.1}}
                    for s, ms in points.items()},
+        **(extra or {}),
     }
     (d / "config.json").write_text(json.dumps(config))
     (d / "summary.json").write_text(json.dumps(summary))
@@ -142,12 +144,13 @@ def test_report_tables(tmp_path, capsys):
     rows = md_rows(md, "counterfact / edit")
     # the unedited run is the reference row (its pre-edit numbers are not repeated), then 2 strengths
     assert len(rows) == 3
-    assert rows[0].startswith("| unedited | no edit | 40.0 [35.0, 45.0] | 30.0 [25.0, 35.0]")
-    assert "| 20 | 1234567 |" in rows[0]
+    assert rows[0].startswith("| unedited | reference | no edit | 40.0 [35.0, 45.0] | 30.0 [25.0, 35.0]")
+    assert "| reference | 20 | 1234567 |" in rows[0]
     assert "s=1; rho_attn=0.3" in rows[2] and "70.0 [65.0, 75.0]" in rows[2] and "abc1234+dirty" in rows[2]
     # headline columns, then the other metrics in their own table
-    assert "| method | config | score | efficacy | generalization | specificity | n | code | run |" in md
-    assert "| method | config | efficacy_magnitude | n | code | run |" in md
+    assert ("| method | class | config | score | efficacy | generalization | specificity | health | n | code | run |"
+            in md)
+    assert "| method | class | config | efficacy_magnitude | health | n | code | run |" in md
     board = json.loads((tmp_path / "rep" / "leaderboard.json").read_text())
     (g,) = board["groups"]
     assert g["headline"] == ["score", "efficacy", "generalization", "specificity"]
@@ -190,7 +193,7 @@ def test_missing_metric_is_shown_as_missing(tmp_path, capsys):
     rows = md_rows(md, "counterfact")
     steering = next(r for r in rows if r.startswith("| steering |"))
     cells = [c.strip() for c in steering.split("|")]
-    assert cells[7] == MISSING  # the fluency column
+    assert cells[8] == MISSING  # the fluency column
     gen = next(r for r in rows if r.startswith("| steer2edit |"))
     assert "600.0 [595.0, 605.0]" in gen
     assert f"{MISSING} in column `fluency`: not reported by" in md and "(needs --generation)" in md
@@ -235,7 +238,7 @@ def test_metric_columns_come_from_the_summaries(tmp_path, capsys):
     assert g["figures"] and (tmp_path / "rep" / g["figures"][0]).is_file()
     assert board["worst_cases"][g["runs"][0]]["metric"] is None  # no cases.jsonl: no drill-down, no crash
     md = (tmp_path / "rep" / "leaderboard.md").read_text()
-    assert "| unedited (pre-edit) | pre-edit of R1 | 5.0 [0.0, 10.0] | 95.0 [90.0, 100.0] |" in md
+    assert "| unedited (pre-edit) | reference | pre-edit of R1 | 5.0 [0.0, 10.0] | 95.0 [90.0, 100.0] |" in md
     assert f"{MISSING} in column `judge_refusal`: not reported by R1 (pre-edit)" in md
 
 
@@ -282,22 +285,30 @@ def test_report_sweep_tables_headline_and_direction(tmp_path, capsys):
     assert "Attribute `length` (lower is better)" in sec
     assert "lower is better, so a negative gain is an improvement" in sec
     # operating point chosen on val (alpha=0.3: +100 over steering's front at utility 49), reported on test
-    assert ("* steer2edit: operating point steer2edit[alpha=0.3] s=1 (gain on val -100.0); gain on test -100.0 "
+    # each method labelled with its class (and the baseline's, when it differs)
+    assert ("* steer2edit (weight-edit; baseline steering is activation-steering): operating point "
+            "steer2edit[alpha=0.3] s=1 (gain on val -100.0); gain on test -100.0 "
             "(attribute 105.0 vs steering 205.0 at utility 49.0)") in sec
     # hypervolume per method with the original model, above (lowest utility, worst length) on test
-    assert "* test: steer2edit 1550.0, steering 800.0 (reference point: utility 40.0, attribute 255.0)" in sec
+    assert ("* test: steer2edit (weight-edit) 1550.0, steering (activation-steering) 800.0 (reference point: "
+            "utility 40.0, attribute 255.0)") in sec
     # a table per split, test first
     assert sec.index("#### test") < sec.index("#### val")
     test_tab = sec.split("#### test")[1].split("#### val")[0]
-    assert "| method | config | attribute | utility | accuracy | wikitext_ppl | pareto | n | code |" in test_tab
+    assert ("| method | class | config | attribute | utility | accuracy | wikitext_ppl | health | pareto | n | code |"
+            in test_tab)
     assert "arc_easy_acc" not in test_tab  # per-task accuracies: json only
     rows = [l for l in test_tab.splitlines() if l.startswith("| ") and "---" not in l][1:]
-    assert [r.split(" | ")[1] for r in rows] == ["original model", "s=1; alpha=0.3", "s=1; alpha=0.6", "s=0.5", "s=1"]
-    assert rows[1] == ("| steer2edit | s=1; alpha=0.3 | 105.0 [100.0, 110.0] | 49.0 [44.0, 54.0] (n=6) | "
-                       "10.0 [5.0, 15.0] | 300.0 [295.0, 305.0] (n=1) | * | 4 | feedbee |")
+    # sorted by class: the original model, Steer2Edit (weight-edit), steering (activation-steering)
+    assert [r.split(" | ")[1:3] for r in rows] == [["reference", "original model"], ["weight-edit", "s=1; alpha=0.3"],
+                                                   ["weight-edit", "s=1; alpha=0.6"],
+                                                   ["activation-steering", "s=0.5"], ["activation-steering", "s=1"]]
+    assert rows[1] == ("| steer2edit | weight-edit | s=1; alpha=0.3 | 105.0 [100.0, 110.0] | 49.0 [44.0, 54.0] (n=6) | "
+                       "10.0 [5.0, 15.0] | 300.0 [295.0, 305.0] (n=1) | not measured | * | 4 | feedbee |")
     cells = [c.strip() for c in rows[2].split("|")]
-    assert cells[5] == MISSING and cells[7] == "*"  # accuracy not reported for that point; on the test front
-    assert [c.strip() for c in rows[3].split("|")][7] == ""  # steering s=0.5 is dominated on test
+    assert cells[6] == MISSING and cells[9] == "*"  # accuracy not reported for that point; on the test front
+    assert [c.strip() for c in rows[3].split("|")][9] == ""  # steering s=0.5 is dominated on test
+    assert "health not measured: the points report neither `neutral_kl` nor `fluency`" in sec
     assert f"{MISSING} in test column `accuracy`: not reported for steer2edit s=1; alpha=0.6." in sec
     assert "![trade-off S1 (test)](figures/sweep-S1-" in sec
     board = json.loads((tmp_path / "rep" / "leaderboard.json").read_text())
@@ -388,7 +399,8 @@ def test_report_on_a_real_sweep(tmp_path, capsys):
     assert {r["key"] for r in sw["splits"]["test"]["rows"] if r["pareto"]} == pareto
     op = summary["analysis"]["matched_utility"]["steer2edit"]["operating_point"]["label"]
     md = (tmp_path / "rep" / "leaderboard.md").read_text()
-    assert f"* steer2edit: operating point {op} s=1" in md and "(higher is better)" in md
+    assert f"* steer2edit (weight-edit; baseline steering is activation-steering): operating point {op} s=1" in md
+    assert "(higher is better)" in md
     assert "TruthfulQA.csv" in md and summary["versions"]["git_commit"][:7] in md
     page = (tmp_path / "rep" / "index.html").read_text()
     assert page.count('src="data:image/png;base64,') == 1 and "data-sweep=" in page
@@ -437,6 +449,141 @@ def test_metric_directions_come_from_the_summary(tmp_path, capsys):
     sweep = json.loads((make_sweep(tmp_path, "sw") / "summary.json").read_text())
     assert direction_overrides(sweep) == {"attribute": "lower", "length": "lower"}
     assert direction_overrides({**sweep, "metric_directions": {"length": "higher"}})["length"] == "higher"
+
+
+# ---------------------------------------------------------------------------------------------
+# report: method classes and health flags
+# ---------------------------------------------------------------------------------------------
+def test_method_classes_label_and_sort_rows(tmp_path, capsys):
+    """The class comes from the summary's ``method_class``, else (older summaries) the installed
+    plugin's, else ``unknown``; rows are sorted by class and a legend explains the classes present."""
+    from editbench.plugins.method import METHOD_CLASSES
+    from editbench.report.health import CLASS_INFO
+
+    assert tuple(CLASS_INFO) == METHOD_CLASSES
+    make_run(tmp_path, "a", method="steering")  # an older summary: the plugin says activation-steering
+    make_run(tmp_path, "b", method="my-gated-editor", extra={"method_class": "gated"})  # not installed here
+    make_run(tmp_path, "c", method="not-installed")  # neither: unknown
+    make_run(tmp_path, "d", method="steer2edit", extra={"method_class": "weight-edit"})
+    make_run(tmp_path, "e", method="unedited", points={1.0: CF}, extra={"method_class": "reference"})
+    code, _, err = cli(["report", tmp_path, "--out", tmp_path / "rep", "--no-figures"], capsys)
+    assert code == 0, err
+    board = json.loads((tmp_path / "rep" / "leaderboard.json").read_text())
+    (g,) = board["groups"]
+    assert [(r["method"], r["method_class"]) for r in g["rows"]] == [
+        ("unedited", "reference"), ("steer2edit", "weight-edit"), ("steering", "activation-steering"),
+        ("my-gated-editor", "gated"), ("not-installed", "unknown")]
+    assert [c["method_class"] for c in board["method_classes"]] == ["reference", "weight-edit", "activation-steering",
+                                                                    "gated", "unknown"]
+    assert board["method_classes"][3]["methods"] == ["my-gated-editor"]
+    md = (tmp_path / "rep" / "leaderboard.md").read_text()
+    rows = md_rows(md, "counterfact")
+    assert [r.split(" | ")[1] for r in rows] == ["reference", "weight-edit", "activation-steering", "gated", "unknown"]
+    assert "* `gated` (my-gated-editor): semi-parametric" in md and "* `unknown` (not-installed): the summary" in md
+    # the best row per class, never across classes: every class has its own line
+    best = g["best"]
+    assert best["metric"] == "score" and [b["method_class"] for b in best["by_class"]] == [
+        "weight-edit", "activation-steering", "gated", "unknown"]
+    assert "* gated: my-gated-editor s=1 (R2): 50.0, health not measured" in md
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert '<td class="cls">activation-steering</td>' in page and '<td class="cls">unknown</td>' in page
+
+
+HEALTHY_PRE = {"score": 40.0, "efficacy": 30.0, "generalization": 30.0, "specificity": 70.0,
+               "efficacy_magnitude": -2.0, "neutral_kl": 0.0, "fluency": 5.0}
+
+
+def _health_runs(root):
+    make_run(root, "base", method="unedited", points={1.0: HEALTHY_PRE}, pre=HEALTHY_PRE)
+    make_run(root, "ok", method="steering", points={1.0: {**CF, "neutral_kl": 0.2, "fluency": 4.8}}, pre=HEALTHY_PRE)
+    make_run(root, "kl", method="steering", params={"window": "predict"}, pre=HEALTHY_PRE,
+             points={1.0: {**CF, "score": 80.0, "neutral_kl": 2.5, "fluency": 4.9}})
+    make_run(root, "flu", method="steer2edit", pre=HEALTHY_PRE,
+             points={1.0: {**CF, "score": 70.0, "neutral_kl": 0.1, "fluency": 3.5}})
+    make_run(root, "degen", method="steer2edit", params={"alpha": 0.9}, pre=HEALTHY_PRE,
+             points={1.0: {**CF, "score": 65.0, "efficacy": 90.0, "efficacy_magnitude": 0.3, "ee_rewrite_acc": 0.0}})
+    make_run(root, "old", method="ft", points={1.0: CF})  # an older summary: no health metric at all
+    make_run(root, "gated", method="mega", extra={"method_class": "gated"}, pre=HEALTHY_PRE,
+             points={1.0: {**CF, "score": 95.0, "neutral_kl": 0.0, "fluency": 5.1}})
+
+
+def test_health_flags_and_their_exclusion_from_rankings(tmp_path, capsys):
+    _health_runs(tmp_path / "runs")
+    code, _, err = cli(["report", tmp_path / "runs", "--out", tmp_path / "rep"], capsys)
+    assert code == 0, err
+    board = json.loads((tmp_path / "rep" / "leaderboard.json").read_text())
+    assert board["health"]["broken_kl"] == 1.0 and board["health"]["broken_fluency_drop"] == 1.0
+    (g,) = board["groups"]
+    by_dir = {Path(board["runs"][r["run"]]["run_dir"]).name: r for r in g["rows"] if r["kind"] != "pre"}
+    status = {k: r["health"]["status"] for k, r in by_dir.items()}
+    assert status == {"base": "reference", "ok": "healthy", "kl": "broken", "flu": "broken", "degen": "degenerate",
+                      "old": "not measured", "gated": "healthy"}
+    assert "neutral_kl 2.5 nats is more than 1 above the unedited 0" in by_dir["kl"]["health"]["reasons"][0]
+    assert "fluency 3.5 bits is more than 1 below the unedited 5" in by_dir["flu"]["health"]["reasons"][0]
+    assert "both targets' probabilities collapsed" in by_dir["degen"]["health"]["reasons"][0]
+    assert by_dir["old"]["health"]["not_measured"] == ["neutral_kl", "fluency"]
+    # best per class: the broken `kl` run (score 80) and the flagged steer2edit runs are left out
+    best = {b["method_class"]: (b["run"], b["mean"], b["health"]) for b in g["best"]["by_class"]}
+    rid = {k: r["run"] for k, r in by_dir.items()}
+    assert best == {"activation-steering": (rid["ok"], 50.0, "healthy"),
+                    "weight-edit": (rid["old"], 50.0, "not measured"), "gated": (rid["gated"], 95.0, "healthy")}
+    assert len(g["best"]["excluded"]) == 3
+    md = (tmp_path / "rep" / "leaderboard.md").read_text()
+    rows = md_rows(md, "counterfact")
+    kl_row = next(r for r in rows if f"| {rid['kl']} |" in r)
+    assert "| broken |" in kl_row and "| not measured |" in next(r for r in rows if r.startswith("| ft |"))
+    assert f"* activation-steering: steering s=1 ({rid['ok']}): 50.0" in md
+    assert "* weight-edit: ft s=1" in md and ", health not measured" in md
+    assert f"{rid['kl']} steering s=1; window=predict: broken (neutral_kl 2.5 nats" in md
+    assert "`--broken-kl`" in md and "`--broken-fluency-drop`" in md and "never read as healthy" in md
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert '<tr class="post flagged" data-run="' + rid["kl"] + '">' in page
+    assert 'title="broken (neutral_kl 2.5 nats is more than 1 above the unedited 0' in page
+    assert "--broken-kl" in page and (tmp_path / "rep" / g["figures"][0]).is_file()
+    # a looser threshold: the KL run is healthy again and leads its class
+    board = write_report([tmp_path / "runs"], tmp_path / "rep2", figures=False, broken_kl="3")
+    (g,) = board["groups"]
+    assert board["health"]["broken_kl"] == 3.0
+    assert next(b for b in g["best"]["by_class"] if b["method_class"] == "activation-steering")["mean"] == 80.0
+
+
+@pytest.mark.parametrize("option,value", [("--broken-kl", "nan"), ("--broken-kl", "-1"), ("--broken-kl", "inf"),
+                                          ("--broken-fluency-drop", "abc"), ("--broken-fluency-drop", "-0.5")])
+def test_health_thresholds_are_validated(tmp_path, capsys, option, value):
+    make_run(tmp_path, "run")
+    code, _, err = cli(["report", tmp_path / "run", "--out", tmp_path / "rep", option, value], capsys)
+    assert code == 2 and err.startswith("editbench: error: ") and err.count("\n") == 1, err
+    assert f"{option} must be a finite number >= 0" in err and not (tmp_path / "rep").exists()
+
+
+def test_flagged_sweep_points_leave_the_headline(tmp_path, capsys):
+    """Sweep points carrying health metrics are checked against the original model's point of the
+    same split: a broken operating point is named in the matched-utility headline, not reported as
+    a gain, and is not highlighted on the Pareto front; classes come from the points."""
+    d = make_sweep(tmp_path, "sweep")
+    points = [json.loads(l) for l in (d / "points.jsonl").read_text().splitlines()]
+    for p in points:
+        bad = p["params"].get("alpha") == 0.3
+        p["neutral_kl"] = agg(0.0 if p["method"] == "unedited" else 3.0 if bad else 0.1, half=0.1)
+        if p["method"] == "steering":
+            p["method_class"] = "activation-steering"
+    (d / "points.jsonl").write_text("".join(json.dumps(p) + "\n" for p in points))
+    code, _, err = cli(["report", d, "--out", tmp_path / "rep"], capsys)
+    assert code == 0, err
+    board = json.loads((tmp_path / "rep" / "leaderboard.json").read_text())
+    (sw,) = board["sweep_groups"][0]["sweeps"]
+    rows = sw["splits"]["test"]["rows"]
+    assert [(r["method_class"], r["health"]["status"]) for r in rows] == [
+        ("reference", "reference"), ("weight-edit", "broken"), ("weight-edit", "healthy"),
+        ("activation-steering", "healthy"), ("activation-steering", "healthy")]
+    (line,) = [x for x in sw["headline"] if x.startswith("steer2edit")]
+    assert "operating point steer2edit[alpha=0.3] s=1 is flagged broken (neutral_kl 3 nats" in line
+    assert line.endswith("no gain reported") and "gain on test" not in line
+    md = (tmp_path / "rep" / "leaderboard.md").read_text()
+    test_tab = md_section(md, "reasoning_length sweep").split("#### test")[1].split("#### val")[0]
+    flagged_row = next(l for l in test_tab.splitlines() if "alpha=0.3" in l)
+    assert "| broken | flagged |" in flagged_row
+    assert "left out of the Pareto marks, the figure and the matched-utility headline" in md
 
 
 # ---------------------------------------------------------------------------------------------

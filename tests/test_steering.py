@@ -225,3 +225,74 @@ def test_steering_params_validated():
         Steering(lm, {"window": "nope"})
     with pytest.raises(ConfigError):
         Steering(lm, {"batch_size": "0"})
+
+
+# ---- steering behind MEGA's scope gate (steering-gated) ------------------------------------------
+ZREQ = EditRequest(case_id=7, prompt="The mother tongue of Zork Blan is", subject="Zork Blan",
+                   target_new="English", target_true="French")
+QREQ = EditRequest(case_id=8, prompt="Quux Mira was born in", subject="Quux Mira", target_new="Rome",
+                   target_true="Oslo")
+
+
+def _nll(lm, rows_of, reqs, batch_size=16):
+    from editbench.modeling.scoring import score_targets
+
+    ctx = None if rows_of is None else (lambda b: type(rows_of[0][0]).apply_rows(lm, [rows_of[i] for i in b.indices], b))
+    return [x.nll for x in score_targets(lm, reqs, batch_size=batch_size, batch_context=ctx)]
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma3"])
+def test_gated_steering_leaves_out_of_scope_prompts_bit_identical(name):
+    from editbench.methods.steering import GatedSteering
+    from editbench.modeling.scoring import ScoreRequest
+
+    lm = load_model(name)
+    m = GatedSteering(lm, {"gate_layer": "1", "gate_threshold": "0.99"})
+    iv, plain = m.fit_edit(ZREQ), Steering(lm).fit_edit(ZREQ)
+    assert [(v.layer, v.site) for v in iv.vectors] == [(v.layer, v.site) for v in plain.vectors]
+    assert all(torch.equal(a.vector, b.vector) for a, b in zip(iv.vectors, plain.vectors))  # the same vectors
+    reqs = [ScoreRequest("Paris is the capital of", "France"), ScoreRequest("qqq", "w"),
+            ScoreRequest(ZREQ.prompt, "English"), ScoreRequest(ZREQ.prompt, "French")]
+    base = _nll(lm, None, reqs)
+    gated = _nll(lm, [(iv, 2.0)] * len(reqs), reqs)
+    ungated = _nll(lm, [(plain, 2.0)] * len(reqs), reqs)
+    assert gated[:2] == base[:2]  # out of scope: exactly the unedited model
+    assert all(u != b for u, b in zip(ungated[:2], base[:2]))  # ungated steering moves them
+    assert gated[2:] == ungated[2:] and gated[2:] != base[2:]  # in scope: exactly steering's edit
+    assert _nll(lm, [(iv, 0.0)] * len(reqs), reqs) == base
+
+
+def test_gated_steering_rows_batch_like_single_cases():
+    """Two edits' interventions in one batch, one row each: batch 1 and batch 16 agree (1e-4), and a
+    row in scope of the other edit's gate only is left alone."""
+    from editbench.methods.steering import GatedSteering
+    from editbench.modeling.scoring import ScoreRequest
+
+    lm = load_model("tiny-qwen2")
+    m = GatedSteering(lm, {"gate_layer": "1", "gate_threshold": "0.99"})
+    a, b = m.fit_edit(ZREQ), m.fit_edit(QREQ)
+    reqs = [ScoreRequest(ZREQ.prompt, "English"), ScoreRequest(QREQ.prompt, "Rome"), ScoreRequest(QREQ.prompt, "Oslo"),
+            ScoreRequest("Paris is the capital of", "France")]
+    rows = [(a, 1.0), (b, 1.0), (a, 1.0), (b, 1.0)]  # row 2: Quux's prompt under Zork's edit: out of scope
+    one, many = _nll(lm, rows, reqs, batch_size=1), _nll(lm, rows, reqs, batch_size=16)
+    assert many == pytest.approx(one, abs=1e-4)
+    base = _nll(lm, None, reqs, batch_size=1)  # the same batches: out-of-scope rows bit-identical
+    assert one[2] == base[2] and one[3] == base[3] and one[0] != base[0] and one[1] != base[1]
+
+
+def test_gated_steering_is_a_registered_gated_method():
+    from editbench import assert_conforms
+    from editbench.methods.steering import GatedSteering
+    from editbench.plugins import registry
+
+    assert registry.load("method", "steering-gated") is GatedSteering
+    assert GatedSteering.method_class == "gated" and Steering.method_class == "activation-steering"
+    lm = load_model("tiny-llama")
+    with pytest.raises(ConfigError, match="ungated steering is --method steering"):
+        GatedSteering(lm, {"gate": "off"})
+    with pytest.raises(ConfigError, match="gate_layer"):
+        GatedSteering(lm, {"gate_layer": str(lm.adapter.n_layers)})
+    with pytest.raises(ConfigError, match="behaviour"):
+        GatedSteering(lm).fit_behaviour(POS, NEG)
+    assert GatedSteering(lm, {"gate": "subject"}).gate.layer == max(1, lm.adapter.n_layers // 6)
+    assert_conforms("steering-gated", model="tiny-gemma3")  # tiny-llama: tests/test_plugin_kit.py

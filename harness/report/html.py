@@ -21,7 +21,8 @@ from typing import Any, Callable
 
 import jinja2
 
-from editbench.report.model import MISSING, pareto_text
+from editbench.report.health import health_detail, health_text, is_flagged
+from editbench.report.model import MISSING, pareto_cell
 
 PACKAGE = "editbench.report"
 
@@ -98,7 +99,9 @@ def _run_table(group: dict, metrics: list[str], runs: dict[str, dict]) -> dict:
                 f"{json.dumps(row['params'], sort_keys=True, default=str)} | code {row['code']}")
         src = f"{pv['run_dir']}/summary.json, " + ("pre-edit" if row["kind"] == "pre"
                                                     else f"strength {row['strength']:g}")
-        rows.append({"kind": row["kind"], "run": row["run"], "method": row["method"], "config": row["config"],
+        rows.append({"kind": row["kind"] + (" flagged" if is_flagged(row) else ""), "run": row["run"],
+                     "method": row["method"], "cls": row["method_class"], "config": row["config"],
+                     "health": health_text(row["health"]), "health_title": health_detail(row["health"]),
                      "prov": prov, "cells": [_agg_cell(m, row["metrics"][m], row["n"], row["run"], src) for m in metrics],
                      "n": row["n"], "n_v": _n_value(row["n"]), "code": row["code"]})
     return {"metrics": metrics, "rows": rows}
@@ -109,13 +112,24 @@ def _sweep_table(sw: dict, split: str) -> dict:
     for row in sw["splits"][split]["rows"]:
         who = f"{row['method']} {row['config']}"
         src = f"{sw['sweep_dir']}/points.jsonl, split {split}, key {row['key']}"
-        rows.append({"kind": row["kind"], "method": row["method"], "config": row["config"], "src": src,
+        rows.append({"kind": row["kind"] + (" flagged" if is_flagged(row) else ""), "method": row["method"],
+                     "cls": row["method_class"], "config": row["config"], "src": src,
+                     "health": health_text(row["health"]), "health_title": health_detail(row["health"]),
                      "params": json.dumps(row["params"], sort_keys=True, default=str),
                      "cells": [_agg_cell(m, row["metrics"][m], row["n"], who, src) for m in sw["columns"]],
-                     "pareto_v": "" if row["pareto"] is None else str(int(row["pareto"])),
-                     "pareto": pareto_text(row["pareto"]), "n": row["n"], "n_v": _n_value(row["n"]),
+                     "pareto_v": "" if row["pareto"] is None else str(int(row["pareto"] and not is_flagged(row))),
+                     "pareto": pareto_cell(row), "n": row["n"], "n_v": _n_value(row["n"]),
                      "code": row["code"]})
     return {"split": split, "metrics": sw["columns"], "rows": rows}
+
+
+def _best(best: dict | None) -> dict | None:
+    if not best:
+        return None
+    return {"metric": best["metric"], "word": "highest" if best["higher_is_better"] else "lowest",
+            "items": [{"cls": b["method_class"], "label": f"{b['method']} {b['config']} ({b['run']})",
+                       "value": f"{b['mean']:.1f}", "health": "" if b["health"] == "healthy" else f"health {b['health']}"}
+                      for b in best["by_class"]]}
 
 
 def _fmt_num(v: float | None) -> str:
@@ -196,7 +210,7 @@ def render_html(board: dict, figures: dict[int, list[tuple[str, bytes]]], drill:
     ``figures``: per group index (title, PNG) pairs; ``drill``: board["worst_cases"];
     ``sweep_figures``: a PNG per sweep id."""
     runs = board["runs"]
-    groups = [{"title": g["title"], "protocol": g["protocol"], "notes": g["notes"],
+    groups = [{"title": g["title"], "protocol": g["protocol"], "notes": g["notes"], "best": _best(g.get("best")),
                "headline": _run_table(g, g["headline"], runs),
                "other": _run_table(g, g["other_metrics"], runs) if g["other_metrics"] else None,
                "figures": figures.get(gi, []),
@@ -208,6 +222,6 @@ def render_html(board: dict, figures: dict[int, list[tuple[str, bytes]]], drill:
          "tables": [_sweep_table(sw, split) for split in sw["splits"]], "notes": sw["notes"],
          "figure": (sweep_figures or {}).get(sw["id"])} for sw in g["sweeps"]]} for g in board["sweep_groups"]]
     page = environment().get_template("index.html.j2").render(
-        missing=MISSING, groups=groups, sweep_groups=sweep_groups, provenance=_provenance(board),
+        missing=MISSING, classes=board["method_classes"], health=board["health"], groups=groups, sweep_groups=sweep_groups, provenance=_provenance(board),
         skipped=board["skipped"])
     return page.rstrip("\n") + "\n"

@@ -1,8 +1,9 @@
 """The leaderboard model: what leaderboard.json holds, built from loaded runs and sweeps.
 
-Per protocol group a table (one row per run and strength, plus the unedited reference), its
-columns (the union of the metrics the summaries report; headline metrics first), notes on what is
-missing or not comparable; per sweep a table per split, the matched-utility headline and
+Per protocol group a table (one row per run and strength, plus the unedited reference; each row
+with its method class and model health, see :mod:`.health`; rows sorted by class), its columns
+(the union of the metrics the summaries report; headline metrics first), the best healthy row per
+method class, notes on what is missing or not comparable; per sweep a table per split, the matched-utility headline and
 hypervolumes; provenance of every run and sweep; the worst cases per run for the drill-down. The
 renderers (:mod:`.markdown`, :mod:`.html`, :mod:`.plotting`) only format this dict, so every number
 and note they show is the one in leaderboard.json.
@@ -18,6 +19,8 @@ from typing import Any, Sequence
 from editbench.errors import EditbenchError
 from editbench.evaluation import metric_registry
 from editbench.evaluation.tradeoff import varying_params
+from editbench.report.health import (UNKNOWN_CLASS, HealthThresholds, assess, best_per_class, class_legend,
+                                     class_rank, health_detail, is_flagged, reference_health, resolve_class)
 from editbench.report.model import (DEFAULT_BASELINE, MISSING, REFERENCE_METHOD, Run, Sweep, as_number,
                                     code_version_label, direction_overrides, is_reference, items_file,
                                     newer_than_summary, normalize_agg, protocol_diff, protocol_of, read_cases,
@@ -93,8 +96,16 @@ def _pre_fingerprint(run: Run) -> str:
     return json.dumps({m: (a or {}).get("mean") for m, a in sorted(run.pre().items())})
 
 
-def build_group(g: Group, defaults_cache: dict[str, dict | None]) -> dict:
-    """Rows (one per run and strength, plus the unedited reference) and columns of one table."""
+def _valid_aggs(aggs: dict) -> dict:
+    return {m: a for m, a in ((m, normalize_agg(a)) for m, a in (aggs or {}).items()) if a is not None}
+
+
+def build_group(g: Group, defaults_cache: dict[str, dict | None], classes_cache: dict[str, str | None] | None = None,
+                thresholds: HealthThresholds | None = None) -> dict:
+    """Rows (one per run and strength, plus the unedited reference) and columns of one table; each
+    row with its method class and health; rows sorted by class; the best healthy row per class."""
+    classes_cache = {} if classes_cache is None else classes_cache
+    thresholds = thresholds or HealthThresholds()
     metrics = metric_registry.order(m for r in g.runs for m in run_metrics(r))
     hint = next((r.summary["headline_metrics"] for r in g.runs if isinstance(r.summary.get("headline_metrics"), list)),
                 None)
@@ -110,22 +121,37 @@ def build_group(g: Group, defaults_cache: dict[str, dict | None]) -> dict:
         if fp in seen_pre:
             continue
         seen_pre.add(fp)
-        rows.append({"run": r.rid, "method": f"{REFERENCE_METHOD} (pre-edit)", "config": f"pre-edit of {r.rid}",
+        rows.append({"run": r.rid, "method": f"{REFERENCE_METHOD} (pre-edit)", "method_class": "reference",
+                     "config": f"pre-edit of {r.rid}",
                      "strength": None, "params": {}, "kind": "pre", "n": r.n_cases, "code": r.code_version,
-                     "metrics": {m: normalize_agg(r.pre().get(m)) for m in metrics}})
-    for r in sorted(g.runs, key=lambda r: (not is_reference(r.method), r.method,
+                     "metrics": {m: normalize_agg(r.pre().get(m)) for m in metrics}, "health": reference_health()})
+    cls_of = {r.rid: resolve_class(r.summary.get("method_class"), r.method, classes_cache) for r in g.runs}
+    # the unedited model on the same cases: a run's own pre-edit numbers, else the group's unedited run
+    group_ref = next((_valid_aggs(r.post(r.strengths()[0])) for r in g.runs if is_reference(r.method)), {})
+    for r in sorted(g.runs, key=lambda r: (not is_reference(r.method), class_rank(cls_of[r.rid]), r.method,
                                            json.dumps(r.params, sort_keys=True, default=str), r.rid)):
         if r.method not in defaults_cache:
             defaults_cache[r.method] = _method_defaults(r.method)
         ref = is_reference(r.method)
+        base = {**group_ref, **_valid_aggs(r.pre())}
         for s in r.strengths():
-            rows.append({"run": r.rid, "method": r.method, "strength": float(s), "params": r.params,
+            rows.append({"run": r.rid, "method": r.method, "method_class": cls_of[r.rid], "strength": float(s),
+                         "params": r.params,
                          "kind": "reference" if ref else "post",
                          "config": "no edit" if ref else config_label(r.params, defaults_cache[r.method], s),
                          "n": r.n_cases,
                          "code": r.code_version,
-                         "metrics": {m: normalize_agg(r.post(s).get(m)) for m in metrics}})
+                         "metrics": {m: normalize_agg(r.post(s).get(m)) for m in metrics},
+                         "health": reference_health() if ref else assess(_valid_aggs(r.post(s)), base, thresholds)})
     notes = list(g.notes)
+    flagged = [row for row in rows if is_flagged(row)]
+    for row in flagged:
+        notes.append(f"{row['run']} {row['method']} {row['config']}: {health_detail(row['health'])}; left out of "
+                     "the best-per-class line and the trade-off figure's lines.")
+    unmeasured = sorted({row["run"] for row in rows if row["health"]["status"] == "not measured"})
+    if unmeasured:
+        notes.append(f"health not measured for {', '.join(unmeasured)}: the summaries report neither `neutral_kl` "
+                     "nor `fluency` (with an unedited value to compare with); those rows are not known to be healthy.")
     for m in metrics:
         lacking = sorted({row["run"] + (" (pre-edit)" if row["kind"] == "pre" else "")
                           for row in rows if row["metrics"][m] is None})
@@ -145,9 +171,14 @@ def build_group(g: Group, defaults_cache: dict[str, dict | None]) -> dict:
     seeds = sorted({str(r.config.get("seed")) for r in g.runs})
     if len(seeds) > 1:
         notes.append(f"Runs use different seeds ({', '.join(seeds)}).")
+    overrides: dict[str, str] = {}
+    for r in g.runs:
+        overrides.update(direction_overrides(r.summary))
+    best = best_per_class(rows, headline[0], metric_registry.higher_is_better(headline[0], overrides)) if headline \
+        else None
     return {"title": g.title, "protocol": g.protocol, "metrics": metrics, "headline": headline,
             "other_metrics": [m for m in metrics if m not in headline], "runs": [r.rid for r in g.runs],
-            "rows": rows, "notes": notes}
+            "rows": rows, "best": best, "notes": notes}
 
 
 def provenance(run: Run) -> dict:
@@ -161,9 +192,13 @@ def provenance(run: Run) -> dict:
             "wall_seconds_last_invocation": s.get("wall_seconds_this_invocation"), "config": run.config}
 
 
-def build_sweep(sw: Sweep) -> dict:
-    """One sweep: a table per split (test first: that is where results are reported), the
-    matched-utility headline, hypervolumes and provenance, all read from the sweep's own files."""
+def build_sweep(sw: Sweep, classes_cache: dict[str, str | None] | None = None,
+                thresholds: HealthThresholds | None = None) -> dict:
+    """One sweep: a table per split (test first: that is where results are reported; rows labelled
+    with their method class and health, sorted by class), the matched-utility headline (flagged
+    operating points left out), hypervolumes and provenance, all read from the sweep's own files."""
+    classes_cache = {} if classes_cache is None else classes_cache
+    thresholds = thresholds or HealthThresholds()
     a, track, cfg = sw.analysis, sw.track, sw.config
     higher = bool(track.get("higher_is_better", True))
     vary = varying_params(sw.points)
@@ -171,27 +206,49 @@ def build_sweep(sw: Sweep) -> dict:
     metrics = ["attribute", "utility"] + metric_registry.order(names - {"attribute", "utility"})
     # per-task accuracies stay in leaderboard.json (as in the sweep's analysis.md)
     columns = [m for m in metrics if not m.endswith(("_acc", "_acc_norm"))]
-    splits, notes = {}, []
+    splits, notes, flagged = {}, [], {}
+
+    def cls_of(q: dict) -> str:
+        return resolve_class(q.get("method_class"), q["method"], classes_cache)
+
     for split in ("test", "val"):
         info = (a.get("splits") or {}).get(split)
         front = {q.get("key") for q in (info or {}).get("pareto") or []}
         ps = sorted((q for q in sw.points if q["split"] == split),
-                    key=lambda q: (not is_reference(q["method"]), q["method"],
+                    key=lambda q: (not is_reference(q["method"]), class_rank(cls_of(q)), q["method"],
                                    json.dumps(q["params"], sort_keys=True, default=str), q["strength"]))
-        rows = [{"key": q.get("key"), "method": q["method"], "params": q["params"], "strength": float(q["strength"]),
+        base = next((_valid_aggs({m: v for m, v in q.items() if isinstance(v, dict)}) for q in ps
+                     if is_reference(q["method"])), {})
+        rows = [{"key": q.get("key"), "method": q["method"], "method_class": cls_of(q), "params": q["params"],
+                 "strength": float(q["strength"]),
                  "config": "original model" if is_reference(q["method"]) else
                  config_label({k: q["params"].get(k) for k in vary[q["method"]]}, None, q["strength"]),
                  "kind": "reference" if is_reference(q["method"]) else "post",
                  "pareto": None if info is None else q.get("key") in front,
                  "n": (q.get("attribute") or {}).get("n"),
                  "code": code_version_label(q.get("code") or sw.summary.get("versions") or {}),
-                 "seconds": q.get("seconds"), "metrics": {m: normalize_agg(q.get(m)) for m in metrics}} for q in ps]
+                 "seconds": q.get("seconds"), "metrics": {m: normalize_agg(q.get(m)) for m in metrics},
+                 "health": reference_health() if is_reference(q["method"]) else
+                 assess(_valid_aggs({m: v for m, v in q.items() if isinstance(v, dict)}), base, thresholds)}
+                for q in ps]
+        for r in rows:
+            if is_flagged(r):
+                flagged.setdefault(r["key"], r["health"])
+                notes.append(f"{split}: {r['method']} {r['config']}: {health_detail(r['health'])}; left out of the "
+                             "Pareto marks, the figure and the matched-utility headline.")
         splits[split] = {"rows": rows, "hypervolume": (info or {}).get("hypervolume") or {},
                          "reference_point": (info or {}).get("reference_point")}
         for m in columns:
             lacking = [f"{r['method']} {r['config']}" for r in rows if r["metrics"][m] is None]
             if lacking:
                 notes.append(f"{MISSING} in {split} column `{m}`: not reported for {', '.join(lacking)}.")
+    if flagged:
+        notes.append("The sweep's own analysis (Pareto front, hypervolumes, the baseline's front) was computed over "
+                     "every point, flagged ones included.")
+    edited = [r for t in splits.values() for r in t["rows"] if r["kind"] == "post"]
+    if edited and all(r["health"]["status"] == "not measured" for r in edited):
+        notes.append("health not measured: the points report neither `neutral_kl` nor `fluency` (with an original-"
+                     "model value to compare with); they are not known to be healthy.")
     if not a.get("splits"):
         notes.append("summary.json has no analysis: no Pareto front, hypervolume or matched-utility gain.")
     if newer_than_summary(sw.path, "points.jsonl"):
@@ -201,8 +258,11 @@ def build_sweep(sw: Sweep) -> dict:
     util = cfg.get("utility") or {}
     direction = "higher" if higher else "lower"
     try:
-        headline = matched_lines(a.get("matched_utility"), baseline, higher)
-        hv = [f"{split}: " + (", ".join(f"{m} {v:.1f}" for m, v in t["hypervolume"].items()) or MISSING)
+        classes = {q["method"]: cls_of(q) for q in sw.points}
+        classes.setdefault(baseline, resolve_class(None, baseline, classes_cache))
+        headline = matched_lines(a.get("matched_utility"), baseline, higher, flagged, classes)
+        hv = [f"{split}: " + (", ".join(f"{m} ({classes.get(m, UNKNOWN_CLASS)}) {v:.1f}"
+                                        for m, v in t["hypervolume"].items()) or MISSING)
               + ("" if not t["reference_point"] else " (reference point: utility "
                  f"{t['reference_point']['utility']:.1f}, attribute {t['reference_point']['attribute']:.1f})")
               for split, t in splits.items()]
@@ -226,18 +286,30 @@ def build_sweep(sw: Sweep) -> dict:
     }
 
 
-def matched_lines(mu: Any, baseline: str, higher: bool) -> list[str]:
-    """The headline: per method, the operating point chosen on val and its gain over the baseline on test."""
+def matched_lines(mu: Any, baseline: str, higher: bool, flagged: dict[str, dict] | None = None,
+                  classes: dict[str, str] | None = None) -> list[str]:
+    """The headline: per method (labelled with its method class, and the baseline's when that
+    differs), the operating point chosen on val and its gain over the baseline on test; an
+    operating point whose health is flagged (``flagged``: point key -> health) is named, not
+    reported as a gain."""
     if not isinstance(mu, dict):
         return [f"no matched-utility analysis ({MISSING})"]
     if "note" in mu:
         return [str(mu["note"])]
     out = []
-    for m, e in mu.items():
+    classes = classes or {}
+    base_cls = classes.get(baseline, UNKNOWN_CLASS)
+    for m0, e in mu.items():
+        c = classes.get(m0, UNKNOWN_CLASS)
+        m = f"{m0} ({c})" if c == base_cls else f"{m0} ({c}; baseline {baseline} is {base_cls})"
         if not isinstance(e, dict) or "note" in e or not isinstance(e.get("operating_point"), dict):
             out.append(f"{m}: {e.get('note') if isinstance(e, dict) else e}")
             continue
         op, gt, gv = e["operating_point"], as_number(e.get("gain_test")), as_number(e.get("gain_val"))
+        if op.get("key") in (flagged or {}):
+            out.append(f"{m}: operating point {op.get('label')} s={as_number(op.get('strength')) or 0:g} is flagged "
+                       f"{health_detail(flagged[op['key']])}; no gain reported")
+            continue
         test = (f"gain on test {MISSING} (no test point)" if "utility_test" not in e else
                 f"gain on test {MISSING} (utility {e['utility_test']:.1f} is outside {baseline}'s range)"
                 if gt is None else
@@ -248,13 +320,32 @@ def matched_lines(mu: Any, baseline: str, higher: bool) -> list[str]:
     return out
 
 
-def build_leaderboard(runs: Sequence[Run], skipped: Sequence[str] = (), sweeps: Sequence[Sweep] = ()) -> dict:
+def build_leaderboard(runs: Sequence[Run], skipped: Sequence[str] = (), sweeps: Sequence[Sweep] = (),
+                      thresholds: HealthThresholds | None = None) -> dict:
+    thresholds = thresholds or HealthThresholds()
     defaults: dict[str, dict | None] = {}
-    groups = group_runs(runs)
-    return {"format": "editbench-leaderboard/1", "groups": [build_group(g, defaults) for g in groups],
-            "runs": {r.rid: provenance(r) for r in runs},
-            "sweep_groups": [{"title": g.title, "protocol": g.protocol, "notes": g.notes,
-                              "sweeps": [build_sweep(sw) for sw in g.runs]} for g in group_runs(sweeps, sweeps=True)],
+    classes: dict[str, str | None] = {}
+    groups = [build_group(g, defaults, classes, thresholds) for g in group_runs(runs)]
+    sweep_groups = [{"title": g.title, "protocol": g.protocol, "notes": g.notes,
+                     "sweeps": [build_sweep(sw, classes, thresholds) for sw in g.runs]}
+                    for g in group_runs(sweeps, sweeps=True)]
+    present = [row["method_class"] for g in groups for row in g["rows"]]
+    present += [row["method_class"] for g in sweep_groups for sw in g["sweeps"] for t in sw["splits"].values()
+                for row in t["rows"]]
+    methods: dict[str, set] = {}
+    for g in groups:
+        for row in g["rows"]:
+            if row["kind"] != "pre":
+                methods.setdefault(row["method_class"], set()).add(row["method"])
+    for g in sweep_groups:
+        for sw in g["sweeps"]:
+            for t in sw["splits"].values():
+                for row in t["rows"]:
+                    methods.setdefault(row["method_class"], set()).add(row["method"])
+    legend = [{"method_class": c, "description": d, "methods": sorted(methods.get(c, ()))}
+              for c, d in class_legend(present)]
+    return {"format": "editbench-leaderboard/1", "method_classes": legend, "health": thresholds.describe(),
+            "groups": groups, "runs": {r.rid: provenance(r) for r in runs}, "sweep_groups": sweep_groups,
             "skipped": list(skipped)}
 
 

@@ -13,7 +13,8 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from editbench.report.model import MISSING, pareto_text, short
+from editbench.report.health import health_text
+from editbench.report.model import MISSING, pareto_cell, short
 
 _NEWLINES = re.compile(r"\r\n|[\r\n]")
 # a pipe, with the backslashes right before it (which would otherwise escape our escape)
@@ -72,14 +73,51 @@ def _row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def _md_table(rows: list[dict], metrics: list[str], tail: Sequence[str] = ("n", "code", "run")) -> list[str]:
-    head = ["method", "config", *metrics, *tail]
+def _md_table(rows: list[dict], metrics: list[str], tail: Sequence[str] = ("health", "n", "code", "run")) -> list[str]:
+    head = ["method", "class", "config", *metrics, *tail]
     lines = [_row([text(h) for h in head]), "|" + "---|" * len(head)]
     for row in rows:
-        cells = [row["method"], row["config"], *[fmt_agg(row["metrics"][m], row["n"]) for m in metrics],
-                 *[pareto_text(row[t]) if t == "pareto" else str(row[t]) for t in tail]]
+        cells = [row["method"], row["method_class"], row["config"],
+                 *[fmt_agg(row["metrics"][m], row["n"]) for m in metrics],
+                 *[pareto_cell(row) if t == "pareto" else health_text(row["health"]) if t == "health" else str(row[t])
+                   for t in tail]]
         lines.append(_row([text(c) for c in cells]))
     return lines
+
+
+def _md_best(best: dict | None) -> list[str]:
+    """The best healthy row per method class (never a ranking across classes)."""
+    if not best:
+        return []
+    word = "highest" if best["higher_is_better"] else "lowest"
+    out = [f"Best {code(best['metric'])} per method class ({text(word)}; rows flagged broken or degenerate left out):",
+           ""]
+    for b in best["by_class"]:
+        tail = "" if b["health"] == "healthy" else f", health {text(b['health'])}"
+        out.append(f"* {text(b['method_class'])}: {text(b['method'])} {text(b['config'])} ({text(b['run'])}): "
+                   f"{b['mean']:.1f}{tail}")
+    if not best["by_class"]:
+        out.append(f"* {MISSING} (no eligible row)")
+    return out + [""]
+
+
+def _md_legend(board: dict) -> list[str]:
+    th = board["health"]
+    deg = th["degenerate"]
+    out = ["Method classes (`class` column; rows are sorted by class and only compared within it):", ""]
+    for c in board["method_classes"]:
+        names = f" ({text(', '.join(c['methods']))})" if c["methods"] else ""
+        out.append(f"* {code(c['method_class'])}{names}: {spans(c['description'])}.")
+    out += ["", "Health (`health` column), against the unedited model on the same cases: `broken` when "
+            f"`neutral_kl` (mean next-token KL from the unedited model over neutral text, nats) exceeds the "
+            f"unedited row's by more than {th['broken_kl']:g} (`--broken-kl`) or `fluency` (n-gram entropy, bits) "
+            f"is more than {th['broken_fluency_drop']:g} below it (`--broken-fluency-drop`); `degenerate` when "
+            f"`efficacy_magnitude` is within ±{deg['efficacy_magnitude_within']:g} of 0 while `efficacy` >= "
+            f"{deg['efficacy_at_least']:g} and `ee_rewrite_acc` is 0 (both targets' probabilities collapsed); "
+            "`healthy` when a health metric was measured and nothing is flagged; `not measured` when the run "
+            "reports neither metric (never read as healthy). Flagged rows stay in the tables and are left out of "
+            "the best-per-class lines, the trade-off figures' lines, Pareto marks and matched-utility headlines.", ""]
+    return out
 
 
 def _md_protocol(p: dict) -> str:
@@ -105,10 +143,12 @@ def _md_sweeps(board: dict, figures: dict[str, str]) -> list[str]:
                                                                        "(larger is better):", ""]
             out += [f"* {text(line)}" for line in sw["hypervolume"]] + [""]
             for split, t in sw["splits"].items():
-                out += [f"#### {text(split)}", ""] + _md_table(t["rows"], sw["columns"], ("pareto", "n", "code")) + [""]
+                out += [f"#### {text(split)}", ""] + _md_table(t["rows"], sw["columns"],
+                                                               ("health", "pareto", "n", "code")) + [""]
             if sw["id"] in figures:
                 out += [f"![trade-off {link_text(sw['id'])} (test)]({figures[sw['id']]})", ""]
-            out += _notes(sw["notes"] + ["Pareto `*`: on the split's Pareto front (all methods); per-task accuracies "
+            out += _notes(sw["notes"] + ["Pareto `*`: on the split's Pareto front (all methods; `flagged`: on it but "
+                                         "flagged by the health check, so not highlighted); per-task accuracies "
                                          "are in leaderboard.json and the sweep's points.jsonl."])
     return out
 
@@ -123,9 +163,11 @@ def render_markdown(board: dict, figures: dict[int, list[tuple[str, str]]] | Non
            f"`{MISSING}` = metric not reported by that run. Runs under different protocols "
            "(benchmark split, model weights, data files, dtype) are in separate tables; attribute-utility sweeps "
            "have their own sections, which state their attribute's scale and direction.", ""]
+    out += _md_legend(board)
     for gi, g in enumerate(board["groups"]):
         out += [f"## {text(g['title'])}", "", _md_protocol(g["protocol"]), ""]
         out += _md_table(g["rows"], g["headline"]) + [""]
+        out += _md_best(g.get("best"))
         if g["other_metrics"]:
             out += ["Other metrics:", ""] + _md_table(g["rows"], g["other_metrics"]) + [""]
         for title, rel in (figures or {}).get(gi, []):

@@ -19,6 +19,7 @@ from editbench.dtypes import DTYPE_ALIASES
 from editbench.errors import EditbenchError
 from editbench.evaluation import metric_registry
 from editbench.evaluation.tradeoff import DEFAULT_BASELINE  # noqa: F401 - re-exported for the report
+from editbench.report.health import is_flagged
 from editbench import results
 
 MISSING = "—"
@@ -356,6 +357,13 @@ def short(h: Any) -> str:
 
 def pareto_text(v: bool | None) -> str:
     return MISSING if v is None else "*" if v else ""
+
+
+def pareto_cell(row: dict) -> str:
+    """A sweep row's Pareto mark; a flagged row (see :mod:`.health`) on the front is not highlighted."""
+    if row.get("pareto") and is_flagged(row):
+        return "flagged"
+    return pareto_text(row.get("pareto"))
 
 
 def normalize_agg(a: Any) -> dict | None:

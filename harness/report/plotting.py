@@ -14,12 +14,13 @@ import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 import numpy as np
 
 from editbench.evaluation.tradeoff import DEFAULT_BASELINE, varying_params
 from editbench.report.figures import save_figure
+from editbench.report.health import is_flagged
 from editbench.report.model import Sweep, is_reference, normalize_agg
 
 Point = dict
@@ -139,11 +140,14 @@ def plot_panels(panels: Sequence[tuple[str, Sequence[Point], dict]], path_stem: 
     return paths
 
 
-def sweep_figure(sw: Sweep, stem: Path) -> Path | None:
+def sweep_figure(sw: Sweep, stem: Path, exclude: Collection[str] = ()) -> Path | None:
     """The sweep's test-split trade-off re-plotted by :func:`plot_panels` (PNG + SVG) from the points
-    whose attribute and utility have CIs; None when there are none."""
+    whose attribute and utility have CIs (points whose key is in ``exclude``, flagged by the
+    report's health check, left out); None when there are none."""
     pts = []
     for q in sw.points:
+        if q.get("key") in exclude:
+            continue
         a, u = normalize_agg(q.get("attribute")), normalize_agg(q.get("utility"))
         if q["split"] == "test" and a and u and None not in a["ci95"] + u["ci95"]:
             pts.append({**q, "attribute": a, "utility": u})
@@ -166,7 +170,8 @@ def tradeoff_pairs(metrics: Sequence[str]) -> list[tuple[str, str]]:
 
 def tradeoff_figure(group: dict) -> tuple[str, bytes, str] | None:
     """One PNG (and SVG) for a leaderboard group with a panel per trade-off pair: a line per run
-    through its strengths (CI error bars), the unedited (pre-edit) point marked with a star."""
+    through its strengths (CI error bars), the unedited (pre-edit) point marked with a star; rows
+    flagged by the health check are left out of the lines and drawn as grey crosses."""
     pairs = tradeoff_pairs(group["metrics"])
     if not pairs:
         return None
@@ -174,7 +179,8 @@ def tradeoff_figure(group: dict) -> tuple[str, bytes, str] | None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    post = [r for r in group["rows"] if r["kind"] == "post"]
+    post = [r for r in group["rows"] if r["kind"] == "post" and not is_flagged(r)]
+    flagged = [r for r in group["rows"] if r["kind"] == "post" and is_flagged(r)]
     series: dict[str, list[dict]] = {}
     for r in post:
         series.setdefault(r["run"], []).append(r)
@@ -192,7 +198,7 @@ def tradeoff_figure(group: dict) -> tuple[str, bytes, str] | None:
             ys = [p[2]["mean"] for p in pts]
             label_cfg = re.sub(r"^s=[^;]*;? ?", "", pts[0][0]["config"])
             cfg = f", {label_cfg}" if label_cfg and label_cfg != "defaults" else ""
-            label = plain(f"{rows[0]['method']} ({rid}{cfg})")
+            label = plain(f"{rows[0]['method']} ({rows[0].get('method_class', '?')}, {rid}{cfg})")
             if all(p[1]["ci95"][0] is not None and p[2]["ci95"][0] is not None for p in pts):
                 xerr = [[p[1]["mean"] - p[1]["ci95"][0] for p in pts], [p[1]["ci95"][1] - p[1]["mean"] for p in pts]]
                 yerr = [[p[2]["mean"] - p[2]["ci95"][0] for p in pts], [p[2]["ci95"][1] - p[2]["mean"] for p in pts]]
@@ -202,6 +208,10 @@ def tradeoff_figure(group: dict) -> tuple[str, bytes, str] | None:
             for p, xv, yv in zip(pts, xs, ys):
                 ax.annotate(f"{p[0]['strength']:g}", (xv, yv), textcoords="offset points", xytext=(3, 3),
                             fontsize=7, color=c)
+        bad = [r for r in flagged if r["metrics"][x] and r["metrics"][y]]
+        if bad:
+            ax.plot([r["metrics"][x]["mean"] for r in bad], [r["metrics"][y]["mean"] for r in bad], ls="none",
+                    marker="x", ms=6, color="0.55", zorder=2, label="flagged (broken/degenerate)")
         pre = [r for r in group["rows"] if r["kind"] in ("pre", "reference") and r["metrics"][x] and r["metrics"][y]]
         for i, r in enumerate(pre):
             px, py = r["metrics"][x]["mean"], r["metrics"][y]["mean"]

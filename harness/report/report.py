@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from editbench.errors import EditbenchError
+from editbench.report.health import HealthThresholds, is_flagged
 from editbench.report.html import render_html
 from editbench.report.leaderboard import build_leaderboard, worst_cases
 from editbench.report.markdown import render_markdown
@@ -30,12 +31,15 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text)[:80].strip("-").lower()
 
 
-def write_report(inputs: Sequence[str | Path], out_dir: str | Path, worst: int = 5, figures: bool = True) -> dict:
-    """Build the leaderboard from run and sweep directories and write md/json/html (+ figure files)."""
+def write_report(inputs: Sequence[str | Path], out_dir: str | Path, worst: int = 5, figures: bool = True,
+                 broken_kl: float | str = 1.0, broken_fluency_drop: float | str = 1.0) -> dict:
+    """Build the leaderboard from run and sweep directories and write md/json/html (+ figure files).
+    ``broken_kl`` / ``broken_fluency_drop``: the health thresholds (see :mod:`.health`)."""
     if worst < 0:
         raise EditbenchError(f"--worst must be >= 0, got {worst}")
+    thresholds = HealthThresholds.parse(broken_kl, broken_fluency_drop)
     runs, sweeps, skipped = discover(inputs)
-    board = build_leaderboard(runs, skipped, sweeps)
+    board = build_leaderboard(runs, skipped, sweeps, thresholds)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise EditbenchError(f"--out {out} exists and is not a directory")
@@ -61,7 +65,9 @@ def write_report(inputs: Sequence[str | Path], out_dir: str | Path, worst: int =
         by_sid = {sw.rid: sw for sw in sweeps}
         for g in board["sweep_groups"]:
             for sb in g["sweeps"]:
-                name = sweep_figure(by_sid[sb["id"]], out / "figures" / f"sweep-{sb['id']}-{_slug(g['title'])}")
+                exclude = {r["key"] for t in sb["splits"].values() for r in t["rows"] if is_flagged(r)}
+                name = sweep_figure(by_sid[sb["id"]], out / "figures" / f"sweep-{sb['id']}-{_slug(g['title'])}",
+                                    exclude=exclude)
                 if name is not None:
                     sweep_png[sb["id"]] = name.read_bytes()
                     sweep_md[sb["id"]] = sb["figure"] = f"figures/{name.name}"
@@ -78,7 +84,8 @@ def write_report(inputs: Sequence[str | Path], out_dir: str | Path, worst: int =
 
 
 def _cmd_report(a: argparse.Namespace) -> int:
-    board = write_report(a.results, a.out, worst=a.worst, figures=not a.no_figures)
+    board = write_report(a.results, a.out, worst=a.worst, figures=not a.no_figures, broken_kl=a.broken_kl,
+                         broken_fluency_drop=a.broken_fluency_drop)
     n_rows = sum(len(g["rows"]) for g in board["groups"])
     n_sweeps = sum(len(g["sweeps"]) for g in board["sweep_groups"])
     print(f"{len(board['runs'])} runs, {len(board['groups'])} table(s), {n_rows} rows, {n_sweeps} sweep(s) -> "
@@ -97,4 +104,10 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--worst", type=int, default=5,
                    help="worst cases per method and strength in the drill-down (0: none)")
     p.add_argument("--no-figures", action="store_true", help="skip the trade-off figures")
+    p.add_argument("--broken-kl", default="1.0", metavar="NATS",
+                   help="flag a row 'broken' when its neutral_kl exceeds the unedited model's by more than this "
+                        "(default 1.0 nats)")
+    p.add_argument("--broken-fluency-drop", default="1.0", metavar="BITS",
+                   help="flag a row 'broken' when its fluency is more than this below the unedited model's "
+                        "(default 1.0 bits)")
     p.set_defaults(func=_cmd_report)
