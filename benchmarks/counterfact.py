@@ -3,13 +3,22 @@
 Two on-disk formats are read:
 * EasyEdit/MEND (``counterfact-{train,val,edit}.json``): one rephrase and one locality prompt per case;
 * original ROME (``rome/counterfact_500.json``): lists of paraphrase, neighbourhood and generation prompts.
+
+Every loaded case also carries, in ``EditCase.extra["subject_neighbours"]`` (evaluation data, never
+in the :class:`EditRequest`), up to :data:`SUBJECT_NEIGHBOURS_MAX` other CounterFact facts about the
+same subject under a *different relation*, from the subject index (:func:`subject_index`) over all
+three EasyEdit files; see :meth:`SubjectIndex.neighbours` for the exact rule.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import string
+from dataclasses import dataclass
 from pathlib import Path
 
+from editbench.data import sha256_file
 from editbench.errors import ConfigError, DataError
 from editbench.requests import EditCase, EditRequest
 
@@ -21,6 +30,14 @@ SPLIT_FILES = {
     "val": "counterfact/counterfact-val.json",
     "rome500": "counterfact/rome/counterfact_500.json",
 }
+#: the files the subject index reads: the three disjoint EasyEdit splits (all 21,919 CounterFact
+#: records) for the facts, the ROME-format file for the relation id of each prompt template
+INDEX_FILES = (SPLIT_FILES["edit"], SPLIT_FILES["train"], SPLIT_FILES["val"])
+RELATION_FILE = SPLIT_FILES["rome500"]
+#: other-relation facts kept per case (the first ones by case_id)
+SUBJECT_NEIGHBOURS_MAX = 5
+
+log = logging.getLogger(__name__)
 
 
 def _str(rec: dict, key: str, where: str) -> str:
@@ -58,8 +75,7 @@ def parse_rome(rec: dict, where: str) -> EditCase:
     if not isinstance(rw, dict):
         raise DataError(f"{where}: field 'requested_rewrite' missing or not an object")
     template, subject = _str(rw, "prompt", where + ".requested_rewrite"), _str(rw, "subject", where + ".requested_rewrite")
-    if "{}" not in template:
-        raise DataError(f"{where}: requested_rewrite.prompt has no '{{}}' subject placeholder")
+    _check_template(template, where)
     tn, tt = rw.get("target_new"), rw.get("target_true")
     if not (isinstance(tn, dict) and isinstance(tt, dict)):
         raise DataError(f"{where}: requested_rewrite.target_new/target_true must be objects with 'str'")
@@ -69,7 +85,23 @@ def parse_rome(rec: dict, where: str) -> EditCase:
     return EditCase(request=req, paraphrase_prompts=_str_list(rec, "paraphrase_prompts", where),
                     neighborhood_prompts=_str_list(rec, "neighborhood_prompts", where),
                     neighborhood_target=req.target_true, generation_prompts=gen,
-                    extra={"attribute_prompts": tuple(rec.get("attribute_prompts") or ())})
+                    extra={"attribute_prompts": tuple(rec.get("attribute_prompts") or ()),
+                           "relation_id": rw["relation_id"] if isinstance(rw.get("relation_id"), str) else None,
+                           "template": template})
+
+
+def _check_template(template: str, where: str) -> None:
+    """A relation template holds exactly the subject placeholder ``{}`` (nothing else in braces)."""
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        raise DataError(f"{where}: requested_rewrite.prompt {template!r} is not a valid template ({e})") from None
+    unknown = [f for f in fields if f != ""]
+    if unknown:
+        raise DataError(f"{where}: requested_rewrite.prompt {template!r} has an unknown placeholder "
+                        f"'{{{unknown[0]}}}' (only '{{}}', the subject, is allowed)")
+    if not fields:
+        raise DataError(f"{where}: requested_rewrite.prompt has no '{{}}' subject placeholder")
 
 
 def load_counterfact_file(path: str | Path, limit: int | None = None) -> list[EditCase]:
@@ -96,6 +128,120 @@ def load_counterfact_file(path: str | Path, limit: int | None = None) -> list[Ed
     return cases
 
 
+# --------------------------------------------------------------------------------------------
+# The subject index: other facts about an edited subject (scope tests for subject-gated editors)
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Fact:
+    case_id: int
+    prompt: str
+    true: str  # the record's ground truth (the model should keep preferring it)
+    relations: frozenset  # relation ids of the prompt's template; empty when unknown
+
+
+def _template(prompt: str, subject: str) -> str:
+    return prompt.replace(subject, "{}", 1)
+
+
+class SubjectIndex:
+    """CounterFact facts by subject string, with the relation id(s) of each prompt template.
+
+    Relations: the EasyEdit files carry no relation id, so a template (the prompt with its subject
+    replaced by ``{}``) gets the ids it has in the ROME-format file (172 templates, 20,437 of the
+    21,919 records; a template used by several relations, e.g. ``"{} is located in"``, counts as all
+    of them). A fact whose template is not there has an unknown relation and is never used."""
+
+    def __init__(self, by_subject: dict[str, list[Fact]], template_relations: dict[str, frozenset],
+                 files: dict[str, str], missing: list[str]):
+        self.by_subject, self.template_relations = by_subject, template_relations
+        self.files, self.missing = files, missing
+
+    def relations_of(self, case: EditCase) -> frozenset:
+        rid = case.extra.get("relation_id")
+        if rid:
+            return frozenset([rid])
+        r = case.request
+        return self.template_relations.get(_template(r.prompt, r.subject), frozenset())
+
+    def neighbours(self, case: EditCase, cap: int = SUBJECT_NEIGHBOURS_MAX) -> tuple[tuple[int, str, str], ...]:
+        """``(case_id, prompt, true object)`` of the other facts Y about ``case``'s subject X, at most
+        ``cap``, in case_id order: same subject string, another record (a ``rome500`` case is also in
+        an EasyEdit file under its own case_id: excluded), another prompt, both relations known and
+        disjoint (a same-relation record with another prompt is a paraphrase, e.g. the 1,718
+        twin-city pairs), Y's true object neither X's new nor X's true object (case-insensitive),
+        and each (prompt, object) once. Empty when X's relation is unknown."""
+        r = case.request
+        mine = self.relations_of(case)
+        if not mine:
+            return ()
+        taken = {r.target_new.casefold(), r.target_true.casefold()}
+        out, seen = [], set()
+        for f in self.by_subject.get(r.subject, ()):
+            if (f.case_id == case.case_id or f.prompt == r.prompt or not f.relations or f.relations & mine
+                    or f.true.casefold() in taken or (f.prompt, f.true) in seen):
+                continue
+            seen.add((f.prompt, f.true))
+            out.append((f.case_id, f.prompt, f.true))
+            if len(out) >= cap:
+                break
+        return tuple(out)
+
+
+_INDEX_CACHE: dict[tuple, SubjectIndex] = {}
+
+
+def subject_index(root: str | Path) -> SubjectIndex:
+    """The index over ``root``'s CounterFact files, built once per data root (and file state).
+
+    A malformed file is a :class:`DataError` naming it, and so is an absent one in a data bundle
+    (a root with a ``MANIFEST.md``, which promises every file). A hand-made data root (tests, a
+    custom split) may hold only the split it runs: absent files leave their facts out and are listed
+    in ``missing``; the files used and their sha256 are in ``files`` (both in the run's provenance)."""
+    root = Path(root)
+    paths = [root / rel for rel in (*INDEX_FILES, RELATION_FILE)]
+    key = (str(root.resolve()), *((p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else None for p in paths))
+    missing = [rel for rel, p in zip((*INDEX_FILES, RELATION_FILE), paths) if not p.is_file()]
+    if missing and is_bundle(root):
+        raise DataError(f"data bundle {root} lacks {missing[0]} (read by the CounterFact subject index for "
+                        "subject_specificity); restore the file or pass another --data-root")
+    if key in _INDEX_CACHE:
+        return _INDEX_CACHE[key]
+    relations: dict[str, set] = {}
+    if paths[-1].is_file():
+        for c in load_counterfact_file(paths[-1]):
+            if "template" in c.extra and c.extra.get("relation_id"):
+                relations.setdefault(c.extra["template"], set()).add(c.extra["relation_id"])
+    template_relations = {t: frozenset(v) for t, v in relations.items()}
+    by_subject: dict[str, list[Fact]] = {}
+    for p in paths[:-1]:
+        if not p.is_file():
+            continue
+        for c in load_counterfact_file(p):
+            r = c.request
+            by_subject.setdefault(r.subject, []).append(
+                Fact(int(c.case_id), r.prompt, r.target_true,
+                     template_relations.get(_template(r.prompt, r.subject), frozenset())))
+    for facts in by_subject.values():
+        facts.sort(key=lambda f: f.case_id)
+    if missing:  # not printed: a hand-made root is allowed to be partial; provenance lists it
+        log.info("subject index for %s built without %s", root, ", ".join(missing))
+    idx = SubjectIndex(by_subject, template_relations, {str(p): sha256_file(p) for p in paths if p.is_file()}, missing)
+    _INDEX_CACHE[key] = idx
+    return idx
+
+
+def is_bundle(root: str | Path) -> bool:
+    """A complete data bundle (it carries the MANIFEST.md that lists every file), not a partial root."""
+    return (Path(root) / "MANIFEST.md").is_file()
+
+
+def attach_subject_neighbours(cases: list[EditCase], index: SubjectIndex) -> list[EditCase]:
+    """Store each case's other-relation facts in ``extra["subject_neighbours"]`` (in place)."""
+    for c in cases:
+        c.extra["subject_neighbours"] = index.neighbours(c)
+    return cases
+
+
 class CounterFact(Benchmark):
     name = "counterfact"
     description = "CounterFact knowledge edits (ROME + EasyEdit metrics); splits edit/train/val (EasyEdit format), rome500"
@@ -114,12 +260,57 @@ class CounterFact(Benchmark):
             raise DataError(f"CounterFact split '{self.split}' file {path} not found")
         return [path]
 
+    def _scope_root(self) -> Path | None:
+        """The data root the scope metrics read; None only for an explicit ``path`` with no data
+        root anywhere (its cases then have no other-relation facts and no neutral text)."""
+        try:
+            return self.data_root
+        except DataError:
+            if self._path:
+                return None
+            raise
+
     def load(self, limit: int | None = None) -> list[EditCase]:
-        return load_counterfact_file(self.data_files()[0], limit)
+        """The split's cases, each with its other-relation facts about the subject in
+        ``extra["subject_neighbours"]`` (from the index over the data root)."""
+        cases = load_counterfact_file(self.data_files()[0], limit)
+        root = self._scope_root()
+        if root is None:
+            for c in cases:
+                c.extra["subject_neighbours"] = ()
+            return cases
+        from editbench.evaluation.scope import neutral_text_path
+
+        index = subject_index(root)
+        neutral_text_path(root)  # a data bundle without the neutral text fails here, before anything is written
+        return attach_subject_neighbours(cases, index)
+
+    def provenance(self) -> dict:
+        """The split file (``files``: what defines the protocol), plus the files the scope and
+        health metrics read (``scope_files``: the subject index and the neutral text) and, for a
+        partial data root, those it lacks (``scope_missing``)."""
+        from editbench.evaluation.scope import NEUTRAL_TEXT, neutral_text_path
+
+        out = super().provenance()
+        root = self._scope_root()
+        if root is None:
+            return {**out, "scope_files": {}, "scope_missing": [*INDEX_FILES, RELATION_FILE, NEUTRAL_TEXT]}
+        index = subject_index(root)
+        scope, missing = dict(index.files), list(index.missing)
+        neutral = neutral_text_path(root)
+        if neutral is not None:
+            scope[str(neutral)] = sha256_file(neutral)
+        else:
+            missing.append(NEUTRAL_TEXT)
+        out["scope_files"] = scope
+        if missing:
+            out["scope_missing"] = missing
+        return out
 
     def make_evaluator(self, lm, method, **options):
         from editbench.evaluation.evaluator import KnowledgeEditEvaluator
 
+        options.setdefault("data_root", self._scope_root())
         return KnowledgeEditEvaluator(lm, method, **options)
 
     @classmethod

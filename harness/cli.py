@@ -181,8 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--chunk-size", type=int, default=8, help="cases evaluated (and saved) together")
     r.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
     r.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
-    r.add_argument("--generation", action="store_true", help="also generate from generation prompts (fluency)")
-    r.add_argument("--max-new-tokens", type=int, default=64)
+    r.add_argument("--generation", action="store_true",
+                   help="also the full-length generation fluency (fluency_long: --max-new-tokens tokens from every "
+                        "generation prompt); the scope/health metrics, short-generation fluency included, always run")
+    r.add_argument("--max-new-tokens", type=int, default=64, help="token budget of --generation (default 64)")
     r.add_argument("--data-root", default=None, help="data bundle root (default $EDITBENCH_DATA or ../shared/data)")
     r.add_argument("--config", default=None, metavar="FILE.yaml",
                    help="run every entry of a config's methods: list (the sweep's shape: name, params, grid, strengths)")

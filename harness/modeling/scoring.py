@@ -10,7 +10,7 @@ tokens (the unembedding is the largest matmul of a small model).
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Sequence
 
 import torch
@@ -30,6 +30,9 @@ class TargetScore:
     token_nll: list[float]
     target_ids: list[int]
     argmax_ids: list[int]  # greedy prediction at each target position (EasyEdit accuracies/locality)
+    #: the full next-token log-probs ``[vocab]`` after the prompt (the first target position), only
+    #: when asked for (``score_targets(..., next_rows=...)``; next-token KL from the same pass)
+    next_logprobs: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     @property
     def token_accuracy(self) -> float:
@@ -154,9 +157,12 @@ def mean_target_nll(lm: LoadedModel, requests: Sequence[ScoreRequest],
 
 @torch.no_grad()
 def score_targets(lm: LoadedModel, requests: Sequence[ScoreRequest], batch_size: int = 32,
-                  batch_context: BatchContext | None = None, max_tokens: int | None = 8192) -> list[TargetScore]:
+                  batch_context: BatchContext | None = None, max_tokens: int | None = 8192,
+                  next_rows: Sequence[bool] | None = None) -> list[TargetScore]:
     """Score every (prompt, target) pair; results are in request order and independent of batching
-    beyond float noise. ``batch_context(batch)`` may install per-row interventions for a batch."""
+    beyond float noise. ``batch_context(batch)`` may install per-row interventions for a batch.
+    ``next_rows[i]``: also keep request i's full next-token log-probs after its prompt
+    (``TargetScore.next_logprobs``; computed anyway, so free but for the memory)."""
     tok = lm.tokenizer
     prompts = [encode_prompt(tok, r.prompt) for r in requests]
     targets = [encode_target(tok, r.target) for r in requests]
@@ -176,9 +182,95 @@ def score_targets(lm: LoadedModel, requests: Sequence[ScoreRequest], batch_size:
             K = len(targets[i])
             tn = nll[start:start + K].tolist()
             results[i] = TargetScore(nll=sum(tn) / K, token_nll=tn, target_ids=targets[i],
-                                     argmax_ids=amax[start:start + K].tolist())
+                                     argmax_ids=amax[start:start + K].tolist(),
+                                     next_logprobs=logp[start].clone() if next_rows and next_rows[i] else None)
             start += K
     return results  # type: ignore[return-value]
+
+
+def kl_divergence(ref_logp: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """``KL(ref || model)`` over the last dimension from log-probs (nats): terms where the reference
+    probability is 0 contribute 0; NaN in ``logp`` stays NaN (a broken edit is flagged, not hidden)."""
+    p = ref_logp.exp()
+    return torch.where(p > 0, p * (ref_logp - logp), torch.zeros((), dtype=p.dtype, device=p.device)).sum(-1)
+
+
+def _unembed_rows(lm: LoadedModel, hidden: torch.Tensor, max_elements: int = 1 << 25):
+    """Yield ``(start, log-probs)`` over the rows of ``hidden`` ``[N, d]`` in slices whose
+    ``[rows, vocab]`` float32 log-probs stay below ``max_elements`` (the unembedding of many
+    positions is the memory peak)."""
+    vocab = lm.adapter.lm_head.weight.shape[0]
+    step = max(1, max_elements // max(vocab, 1))
+    for s in range(0, hidden.shape[0], step):
+        yield s, torch.log_softmax(lm.adapter.logits(hidden[s:s + step]).float(), dim=-1)
+
+
+def _prompt_forward(lm: LoadedModel, seqs: Sequence[Sequence[int]], batch_size: int,
+                    batch_context: BatchContext | None, max_tokens: int | None):
+    """Right-padded batches of whole token sequences (each one a prompt, ``prompt_lengths`` = its
+    length), longest first; yields ``(idx, batch, last hidden state [B, T, d])``."""
+    lengths = [len(s) for s in seqs]
+    order = sorted(range(len(seqs)), key=lambda i: -lengths[i])
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    dev = lm.device
+    for idx in _batches(order, lengths, batch_size, max_tokens):
+        T = max(lengths[i] for i in idx)
+        ids = torch.full((len(idx), T), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), T), dtype=torch.long)
+        for b, i in enumerate(idx):
+            ids[b, : lengths[i]] = torch.tensor(list(seqs[i]))
+            mask[b, : lengths[i]] = 1
+        batch = Batch(indices=list(idx), input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                      prompt_lengths=torch.tensor([lengths[i] for i in idx], device=dev))
+        with batch_context(batch) if batch_context else nullcontext():
+            hidden = lm.adapter.base(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                     use_cache=False).last_hidden_state
+        yield idx, batch, hidden
+
+
+@torch.no_grad()
+def next_token_logprobs(lm: LoadedModel, prompts: Sequence[str], batch_size: int = 32,
+                        batch_context: BatchContext | None = None, max_tokens: int | None = 8192) -> torch.Tensor:
+    """``[n, vocab]`` float32 log-probs of the next token after each prompt's last token, in
+    request order (right-padded batches, longest first, as :func:`score_targets`; the unembedding
+    only at the last prompt positions). ``batch_context(batch)`` may install per-row interventions."""
+    seqs = [encode_prompt(lm.tokenizer, p) for p in prompts]
+    out: list[torch.Tensor | None] = [None] * len(seqs)
+    for idx, batch, hidden in _prompt_forward(lm, seqs, batch_size, batch_context, max_tokens):
+        last = hidden[torch.arange(len(idx), device=hidden.device), batch.prompt_lengths - 1]
+        for s, logp in _unembed_rows(lm, last):
+            for k, row in enumerate(logp):
+                out[idx[s + k]] = row
+    if not seqs:
+        return torch.empty(0, lm.adapter.lm_head.weight.shape[0])
+    return torch.stack(out)  # type: ignore[arg-type]
+
+
+@torch.no_grad()
+def window_logprobs(lm: LoadedModel, windows: Sequence[Sequence[int]], batch_size: int = 32,
+                    batch_context: BatchContext | None = None, reference: Sequence[torch.Tensor] | None = None,
+                    max_tokens: int | None = 8192) -> list[torch.Tensor]:
+    """Next-token log-probs at *every* position of token-id windows (each window is a whole
+    prompt: ``prompt_lengths`` = its length), ``[L_i, vocab]`` float32 per window, in request order.
+
+    With ``reference`` (one ``[L_i, vocab]`` log-prob tensor per window, e.g. the unedited model's),
+    returns the per-position ``KL(reference || model)`` ``[L_i]`` instead, so that many edited
+    rows never hold their full distributions at once."""
+    if any(len(w) == 0 for w in windows):
+        raise ValueError("empty token window")
+    out: list[torch.Tensor | None] = [None] * len(windows)
+    for idx, batch, hidden in _prompt_forward(lm, windows, batch_size, batch_context, max_tokens):
+        lengths = batch.prompt_lengths.tolist()
+        # every real position, window after window (so each window's rows are contiguous)
+        rows = torch.cat([torch.full((L,), b, dtype=torch.long) for b, L in enumerate(lengths)]).to(hidden.device)
+        cols = torch.cat([torch.arange(L) for L in lengths]).to(hidden.device)
+        ref = None if reference is None else torch.cat([reference[i][:L] for i, L in zip(idx, lengths)])
+        flat = []
+        for s, logp in _unembed_rows(lm, hidden[rows, cols]):
+            flat.append(logp if ref is None else kl_divergence(ref[s:s + logp.shape[0]].to(logp), logp))
+        for i, part in zip(idx, torch.split(torch.cat(flat), lengths)):
+            out[i] = part
+    return out  # type: ignore[return-value]
 
 
 @torch.no_grad()
