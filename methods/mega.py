@@ -164,6 +164,10 @@ class MEGA(Method):
         self.gate = SubjectGate(lm, self.gate_layer, p.gate_threshold, p.gate_norm) if p.gate else None
 
     @property
+    def effective_class(self) -> str:
+        return "gated" if self.gate is not None else "activation-steering"
+
+    @property
     def gate_center(self) -> torch.Tensor | None:
         return self.gate.center if self.gate is not None else None
 

@@ -7,9 +7,9 @@
   what MEGA's gate does from what its vectors do): the same vectors, added (at all positions, every
   layer) only to prompts the gate puts in scope of the edit; other prompts are bit-identical to the
   unedited model. The gate is :mod:`editbench.modeling.gating`'s (keys, standardisation, threshold
-  exactly as MEGA's). A separate registered method, because ``method_class`` is a class attribute
-  the runner records: ``steering`` stays ``activation-steering``, this one is ``gated``. Knowledge
-  edits only (the gate needs the edit's subject).
+  exactly as MEGA's). A separate registered method, so that tables name the gated control apart
+  from the ungated baseline: ``steering`` is ``activation-steering``, this one is ``gated``.
+  Knowledge edits only (the gate needs the edit's subject).
 * ``steering-layer`` - single-layer CAA / ActAdd-style steering: add ``gamma * r_l`` to the residual
   stream after one layer (default: the middle one), at all positions, where ``r_l`` is the mean
   difference of that layer's output over the probe window.

@@ -270,3 +270,19 @@ def test_gate_standardisation_ignores_a_shared_outlier_dimension(gate_norm, leak
     assert iv.extra_numel() == iv.vectors[0].vector.numel() + iv.key.numel()
     with pytest.raises(ConfigError, match="gate_norm"):
         MEGA(lm, {"gate_norm": "zscore"})
+
+
+def test_gate_off_is_labelled_activation_steering(cf_root, tmp_path):
+    """The class a run records is the configured instance's: MEGA is `gated`, MEGA with gate=off is
+    plain activation steering (reports must not label the ablation as a gated editor)."""
+    from editbench.cli import main
+
+    lm = tiny("tiny-llama")
+    assert MEGA(lm, {"mode": "contrast"}).effective_class == "gated"
+    assert MEGA(lm, {"mode": "contrast", "gate": "off"}).effective_class == "activation-steering"
+    for gate, cls in (("subject", "gated"), ("off", "activation-steering")):
+        out = tmp_path / gate
+        rc = main(["run", "--model", "tiny-llama", "--method", "mega", "--param", "mode=contrast", "--param",
+                   f"gate={gate}", "--limit", "2", "--data-root", str(cf_root), "--out", str(out), "--quiet"])
+        assert rc == 0
+        assert json.loads((out / "summary.json").read_text())["method_class"] == cls

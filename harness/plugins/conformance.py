@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from editbench.plugins import registry
-from editbench.plugins.method import Method
+from editbench.plugins.method import METHOD_CLASSES, Method
 from editbench.plugins.inspection import (_Injected, _max_diff, _summarise, fingerprint, fingerprint_diff,  # noqa: F401
                                           score_under, score_uniform, snapshot, state_problems)
 from editbench.modeling.directions import ProbeExample
@@ -215,6 +215,9 @@ class _Suite:
         if probs:
             return CheckResult("interface", False, "; ".join(probs))
         m = self.fresh()
+        if m.effective_class not in METHOD_CLASSES:
+            return CheckResult("interface", False, f"method class {m.effective_class!r} is not one of "
+                                                   f"{', '.join(METHOD_CLASSES)}")
         ivs = [self.fit(m, c.request) for c in CASES]
         self.base = ivs  # the reference fits (seeded, one instance, cases in order) other checks reuse
         self.fit_problems = self.dirty()  # judged by restores-model (the model is not reset in between)

@@ -66,6 +66,13 @@ class Method:
         activations are averaged over (see :func:`~editbench.modeling.directions.extract_directions`)."""
         raise ConfigError(f"method '{self.name}' does not support behaviour edits")
 
+    @property
+    def effective_class(self) -> str:
+        """This configured instance's class (what reports label it): the declared ``method_class``
+        unless a hyperparameter changes what the method is (MEGA with ``gate=off`` is ungated
+        activation steering)."""
+        return type(self).method_class
+
     @classmethod
     def default_params(cls) -> dict[str, Any]:
         """The default hyperparameters as plain JSON values."""

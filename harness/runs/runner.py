@@ -163,7 +163,7 @@ def execute(cfg: RunConfig, progress: bool = True, on_chunk: Callable[[int], Non
             "record_code": record_code_counts(mine, previous_versions),
             "model": lm.provenance(),
             "model_numel": sum(p.numel() for p in lm.model.parameters()),
-            "method_class": method_cls.method_class,
+            "method_class": method.effective_class,
             "data": data,
             "wall_seconds_this_invocation": round(time.time() - t0, 2),
             **evaluator.summarize(mine),

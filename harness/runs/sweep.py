@@ -179,7 +179,7 @@ def _sweep(out: ResultDir, cfg: SweepConfig, lm, suite, track, planned: list, pr
                 for tag, ctx in track.utility_contexts(fitted, strength, split):
                     u_recs += [dict(r, edit=tag) for r in suite.evaluate(lm, ctx, split, batch_size=cfg.batch_size)]
                 point = {"key": key, "method": name, "params": params, "strength": strength, "split": split,
-                         "method_class": "reference" if method is None else type(method).method_class,
+                         "method_class": "reference" if method is None else method.effective_class,
                          **a_agg, **suite.summarize(u_recs),
                          "seconds": {"fit": round(fit_s, 3), "eval": round(time.perf_counter() - t1, 3)}, "code": code}
                 out.append(ITEMS, [{"key": key, "split": split, "kind": "attribute", **r} for r in a_recs] +
