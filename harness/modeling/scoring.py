@@ -249,22 +249,26 @@ def next_token_logprobs(lm: LoadedModel, prompts: Sequence[str], batch_size: int
 @torch.no_grad()
 def window_logprobs(lm: LoadedModel, windows: Sequence[Sequence[int]], batch_size: int = 32,
                     batch_context: BatchContext | None = None, reference: Sequence[torch.Tensor] | None = None,
-                    max_tokens: int | None = 8192) -> list[torch.Tensor]:
+                    max_tokens: int | None = 8192, starts: Sequence[int] | None = None) -> list[torch.Tensor]:
     """Next-token log-probs at *every* position of token-id windows (each window is a whole
     prompt: ``prompt_lengths`` = its length), ``[L_i, vocab]`` float32 per window, in request order.
+    ``starts[i]``: the first position of window i whose distribution is wanted (a response after
+    its prompt), giving ``[L_i - starts[i], vocab]``; positions before it are never unembedded.
 
-    With ``reference`` (one ``[L_i, vocab]`` log-prob tensor per window, e.g. the unedited model's),
-    returns the per-position ``KL(reference || model)`` ``[L_i]`` instead, so that many edited
-    rows never hold their full distributions at once."""
-    if any(len(w) == 0 for w in windows):
-        raise ValueError("empty token window")
+    With ``reference`` (one such log-prob tensor per window, e.g. the unedited model's), returns
+    the per-position ``KL(reference || model)`` instead, so that many edited rows never hold
+    their full distributions at once."""
+    starts = [0] * len(windows) if starts is None else list(starts)
+    if len(starts) != len(windows) or any(not 0 <= s < len(w) for s, w in zip(starts, windows)):
+        raise ValueError("empty token window (or a start outside its window)")
     out: list[torch.Tensor | None] = [None] * len(windows)
     for idx, batch, hidden in _prompt_forward(lm, windows, batch_size, batch_context, max_tokens):
-        lengths = batch.prompt_lengths.tolist()
-        # every real position, window after window (so each window's rows are contiguous)
-        rows = torch.cat([torch.full((L,), b, dtype=torch.long) for b, L in enumerate(lengths)]).to(hidden.device)
-        cols = torch.cat([torch.arange(L) for L in lengths]).to(hidden.device)
-        ref = None if reference is None else torch.cat([reference[i][:L] for i, L in zip(idx, lengths)])
+        spans = [(starts[i], L) for i, L in zip(idx, batch.prompt_lengths.tolist())]
+        lengths = [L - s for s, L in spans]
+        # every wanted position, window after window (so each window's rows are contiguous)
+        rows = torch.cat([torch.full((L - s,), b, dtype=torch.long) for b, (s, L) in enumerate(spans)]).to(hidden.device)
+        cols = torch.cat([torch.arange(s, L) for s, L in spans]).to(hidden.device)
+        ref = None if reference is None else torch.cat([reference[i][:n] for i, n in zip(idx, lengths)])
         flat = []
         for s, logp in _unembed_rows(lm, hidden[rows, cols]):
             flat.append(logp if ref is None else kl_divergence(ref[s:s + logp.shape[0]].to(logp), logp))
