@@ -337,7 +337,7 @@ def format_analysis(summary: dict, points: Sequence[Point]) -> str:
         lines += ["", f"## {split}", format_points(points, split, {q["key"] for q in info["pareto"]}), "",
                   "hypervolume (with the original model, valid points, x = "
                   + ("MC utility" if axis == "utility" else "-neutral_kl") + "): "
-                  + ", ".join(f"{m} {v:.3g}" for m, v in info["hypervolume"].items())]
+                  + ", ".join(f"{m} {v:{'.1f' if axis == 'utility' else '.3g'}}" for m, v in info["hypervolume"].items())]
     what = ("MC utility" if axis == "utility" else
             "neutral_kl (x = -neutral_kl: a lower KL from the unedited model counts as higher utility)")
     lines += ["", f"## Attribute gain over {a['baseline']} at matched {what} (chosen on val, reported on test)"]

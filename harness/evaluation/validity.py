@@ -112,4 +112,4 @@ def validity_note(points: Sequence[Mapping[str, Any]]) -> str | None:
     if not missing:
         return None
     return (f"validity not measured for {len(missing)} of {sum(p.get('method') != 'unedited' for p in points)} "
-            "edited points (no neutral_kl or wikitext perplexity): treated as valid")
+            "edited points (written before the check, or neither neutral_kl nor perplexity measured): treated as valid")
