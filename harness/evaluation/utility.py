@@ -107,8 +107,14 @@ class UtilitySuite:
     def data_files(self) -> dict[str, str]:
         rels = [MC_TASKS[t] for t in self.cfg.tasks]
         rels += [WIKITEXT] if self.cfg.wikitext_windows else []
-        rels += [ALPACA] if self.cfg.fluency or self.cfg.neutral else []
         files = {str(data_file(r, self.data_root)): sha256_file(data_file(r, self.data_root)) for r in rels}
+        if self.cfg.fluency or self.cfg.neutral:
+            try:
+                alpaca = data_file(ALPACA, self.data_root)
+            except DataError as e:
+                raise DataError(f"{e} (Alpaca instructions for utility.fluency / utility.neutral; set both to 0 "
+                                "to do without)") from None
+            files[str(alpaca)] = sha256_file(alpaca)
         try:
             neutral = data_file(NEUTRAL_TEXT, self.data_root)
         except DataError:  # a hand-made root without it: neutral_kl has the Alpaca part only
