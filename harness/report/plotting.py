@@ -112,9 +112,9 @@ def panel_data(points: Sequence[Point], axis: str = "utility", split: str = "tes
             "chance": chance[0] if chance and axis == "utility" else None}
 
 
-def plot_panels(panels: Sequence[tuple[str, Sequence[Point], dict, str]], path_stem: Path, split: str = "test",
+def plot_panels(panels: Sequence[tuple], path_stem: Path, split: str = "test",
                 baseline: str = DEFAULT_BASELINE) -> list[Path]:
-    """Attribute vs x, one panel per (title, points, track, x-axis: ``utility`` or ``kl``), each
+    """Attribute vs x, one panel per (title, points, track[, x-axis: ``utility`` (default) or ``kl``]), each
     method drawn by its :func:`style_of`: the baseline as a curve starting at the original model,
     Steer2Edit configurations as stars, other methods as connected markers, the original model as
     a triangle; invalid points as grey crosses; MC utility's chance level dashed; error bars are
@@ -127,7 +127,8 @@ def plot_panels(panels: Sequence[tuple[str, Sequence[Point], dict, str]], path_s
 
     sns.set_theme(style="whitegrid", context="paper")
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
-    for ax, (title, points, track, axis) in zip(axes[0], panels):
+    for ax, (title, points, track, *x_axis) in zip(axes[0], panels):
+        axis = x_axis[0] if x_axis else "utility"
         data = panel_data(points, axis, split)
         vary = varying_params([p for ps in data["series"].values() for p in ps])
         orig = data["series"].get(REFERENCE, [])
