@@ -255,3 +255,36 @@ def test_broken_edit_is_invalid_in_a_tiny_sweep(tmp_path, capsys):
     again = [json.loads(line) for line in (out / "points.jsonl").read_text().splitlines()]
     assert len(again) == len(points) and all(p["valid"] for p in again)
     assert main(["curves", str(out), "--out", str(tmp_path / "fig")]) == 0
+    # the report flags the points the sweep found invalid, with the sweep's reasons
+    tight = _yaml(tmp_path, validity={"max_ppl_ratio": 3.0, "max_neutral_kl": 0.05})  # back to the tight bounds
+    assert main(["sweep", str(tight), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "leaderboard.md").read_text()
+    assert "invalid in the sweep: neutral_kl" in md
+
+
+def test_censored_share_from_item_records():
+    from editbench.modeling.interventions import NoIntervention
+    from editbench.runs.tracks import AttributeTrack
+
+    class Bench:
+        scale, extra_metrics = 1.0, ()
+
+        def __init__(self, recs):
+            self.recs = recs
+
+        def evaluate(self, lm, ctx, items, batch_size=16):
+            return self.recs
+
+    class Fitted:
+        def uniform(self, lm, strength):
+            return NoIntervention().uniform(lm, 0.0)
+
+    track = object.__new__(AttributeTrack)
+    track.lm, track.cfg, track._items = tiny("tiny-llama"), type("C", (), {"batch_size": 2})(), {"val": []}
+    recs = [{"value": 5.0, "censored": c} for c in (True, False, False, False)] + [{"value": 1.0, "censored": None}]
+    track.bench = Bench(recs)
+    assert track.attribute(Fitted(), 1.0, "val")[1]["censored_share"] == 0.25  # unknown items left out
+    track.bench = Bench([{"value": 5.0}])  # a benchmark that does not say: unknown, no share
+    assert "censored_share" not in track.attribute(Fitted(), 1.0, "val")[1]

@@ -297,7 +297,8 @@ def _matched_line(m: str, e: dict, axis: str) -> str:
     if "note" in e:
         return f"- {m}: {e['note']}"
     op = e["operating_point"]
-    head = f"- {m}: operating point {op['label']} s={op['strength']:g}; gain on val {e['gain_val']:+.1f}{_ci(e.get('gain_val_ci'))}; "
+    head = (f"- {m}: operating point {op['label']} s={op['strength']:g}; "
+            f"gain on val {e['gain_val']:+.1f}{_ci(e.get('gain_val_ci'))}; ")
     if "test_invalid" in e:
         return head + "on test the point is invalid (" + "; ".join(e["test_invalid"]) + "): no gain reported"
     if "not_decidable" in e:
