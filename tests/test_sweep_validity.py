@@ -249,6 +249,8 @@ def test_broken_edit_is_invalid_in_a_tiny_sweep(tmp_path, capsys):
     assert by[("unedited", 0.0, "test")]["utility_chance"] == pytest.approx(
         100 * np.mean([1 / len(rows[i]["choices"]) for i in ids]))
     assert panel_data(points, "utility")["chance"] == by[("unedited", 0.0, "test")]["utility_chance"]
+    alpaca = [r for r in items if r.get("task") == "neutral" and r["item_id"].startswith("alpaca-")]
+    assert alpaca and all(1 <= r["positions"] <= 8 for r in alpaca)  # the unedited model's own reply tokens
     assert (out / "tradeoff.png").exists()
     # looser bounds on a rerun: nothing recomputed, validity re-derived
     assert main(["sweep", str(_yaml(tmp_path, validity={"max_ppl_ratio": 3.0, "max_neutral_kl": 5.0})), "--quiet"]) == 0

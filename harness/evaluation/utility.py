@@ -201,29 +201,34 @@ class UtilitySuite:
         return [{"task": "fluency", "item_id": i, "entropy": M.ngram_entropy(t), "response": t} for i, t in zip(idx, texts)]
 
     def _neutral_reference(self, lm, split: str, batch_size: int) -> None:
-        """The split's neutral texts (token windows, first KL position, item ids) and the unedited
-        model's log-probs on them, once per suite (every point of a sweep compares with these)."""
-        key = ("neutral", split)
-        if key in self._cache:
-            return
-        wins = neutral_windows(lm, self.data_root) or []
-        texts = [(w, 0, f"wikitext-{k}") for k, w in enumerate(wins)]
-        if self.cfg.neutral:
-            idx, prompts = self._alpaca(lm, split, self.cfg.neutral)
-            replies = generate(lm, prompts, max_new_tokens=self.cfg.max_new_tokens, batch_size=batch_size)
-            for i, p, r in zip(idx, prompts, replies):
-                prompt = encode_prompt(lm.tokenizer, p)
-                reply = lm.tokenizer(r, add_special_tokens=False)["input_ids"]
-                if reply:  # positions len(prompt)-1 .. predict the reply's tokens (its last one is not input)
-                    texts.append((prompt + reply[:-1], len(prompt) - 1, f"alpaca-{i}"))
-        ref = window_logprobs(lm, [w for w, _, _ in texts], batch_size, starts=[s for _, s, _ in texts]) if texts else []
-        self._cache[key] = (texts, ref)
+        """The split's neutral texts (token window, first KL position, item id) and the unedited
+        model's log-probs on them, once per suite (every point of a sweep compares with these;
+        the wikitext windows, the same on both splits, are computed once for both)."""
+        def reference(texts: list[tuple[list[int], int, str]]) -> tuple[list, list]:
+            ref = window_logprobs(lm, [w for w, _, _ in texts], batch_size, starts=[s for _, s, _ in texts])
+            return texts, ref
+
+        if ("neutral", "wikitext") not in self._cache:
+            wins = neutral_windows(lm, self.data_root) or []
+            self._cache[("neutral", "wikitext")] = reference([(w, 0, f"wikitext-{k}") for k, w in enumerate(wins)])
+        if ("neutral", split) not in self._cache:
+            texts = []
+            if self.cfg.neutral:
+                idx, prompts = self._alpaca(lm, split, self.cfg.neutral)
+                replies: list[list[int]] = []
+                generate(lm, prompts, max_new_tokens=self.cfg.max_new_tokens, batch_size=batch_size, ids_out=replies)
+                for i, p, reply in zip(idx, prompts, replies):
+                    prompt = encode_prompt(lm.tokenizer, p)
+                    if reply:  # positions len(prompt)-1 .. predict the reply's tokens (its last one is not input)
+                        texts.append((prompt + reply[:-1], len(prompt) - 1, f"alpaca-{i}"))
+            self._cache[("neutral", split)] = reference(texts)
 
     def _neutral_kl(self, lm, bctx, split: str, batch_size: int) -> list[dict]:
-        texts, ref = self._cache[("neutral", split)]
+        parts = [self._cache[("neutral", "wikitext")], self._cache[("neutral", split)]]
+        texts = [t for ts, _ in parts for t in ts]
         if not texts:
             return []
-        kl = window_logprobs(lm, [w for w, _, _ in texts], batch_size, bctx, reference=ref,
+        kl = window_logprobs(lm, [w for w, _, _ in texts], batch_size, bctx, reference=[r for _, rs in parts for r in rs],
                              starts=[s for _, s, _ in texts])
         return [{"task": "neutral", "item_id": name, "kl": float(k.clamp_min(0.0).mean()), "positions": int(k.numel())}
                 for (_, _, name), k in zip(texts, kl)]  # clamp: >= 0 up to float noise; NaN stays NaN

@@ -280,9 +280,11 @@ def window_logprobs(lm: LoadedModel, windows: Sequence[Sequence[int]], batch_siz
 @torch.no_grad()
 def generate(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int = 32, do_sample: bool = False,
              seed: int = 0, batch_size: int = 16, batch_context: BatchContext | None = None,
-             lengths_out: list[int] | None = None, **gen_kwargs) -> list[str]:
+             lengths_out: list[int] | None = None, ids_out: list[list[int]] | None = None,
+             **gen_kwargs) -> list[str]:
     """Batched (left-padded) generation; returns only the new text per prompt (and, into
-    ``lengths_out``, the number of generated tokens per prompt, EOS excluded).
+    ``lengths_out``, the number of generated tokens per prompt, EOS excluded; into ``ids_out``,
+    those tokens).
 
     Greedy decoding is independent of batching. Sampling is reproducible for a fixed seed *and*
     batch size (the RNG is re-seeded per batch).
@@ -292,7 +294,7 @@ def generate(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int = 32, 
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     out: list[str | None] = [None] * len(prompts)
-    n_new: list[int] = [0] * len(prompts)
+    new_ids: list[list[int]] = [[] for _ in prompts]
     for bno, start in enumerate(range(0, len(order), batch_size)):
         idx = order[start:start + batch_size]
         T = max(len(encoded[i]) for i in idx)
@@ -313,10 +315,12 @@ def generate(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int = 32, 
             new = gen[b, T:].tolist()
             if tok.eos_token_id is not None and tok.eos_token_id in new:
                 new = new[: new.index(tok.eos_token_id)]
-            n_new[i] = len(new)
+            new_ids[i] = new
             out[i] = tok.decode(new, skip_special_tokens=True)
     if lengths_out is not None:
-        lengths_out[:] = n_new
+        lengths_out[:] = [len(n) for n in new_ids]
+    if ids_out is not None:
+        ids_out[:] = new_ids
     return out  # type: ignore[return-value]
 
 

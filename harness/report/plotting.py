@@ -161,7 +161,7 @@ def plot_panels(panels: Sequence[tuple], path_stem: Path, split: str = "test",
         if axis == "utility":
             ax.set_xlabel(f"MC utility ({split})")
         else:
-            ax.set_xlabel(f"neutral KL, nats ({split}; lower is better →)")
+            ax.set_xlabel(f"neutral KL, nats ({split}; reversed: better →)")
             ax.invert_xaxis()
         arrow = "↑" if track.get("higher_is_better", True) else "↓"
         ax.set_ylabel(plain(f"{track.get('attribute')} {arrow}"))
