@@ -132,13 +132,14 @@ def _cmd_sweep(a: argparse.Namespace) -> int:
 
 def _cmd_curves(a: argparse.Namespace) -> int:
     from editbench.evaluation.tradeoff import DEFAULT_BASELINE
-    from editbench.report.plotting import plot_panels
+    from editbench.report.plotting import plot_panels, sweep_axis
     from editbench.results import load_summary
 
     panels, baselines = [], []
     for d in a.sweeps:
         sw = load_summary(d, expect="sweep")
-        panels.append((f"{sw.config.get('model')} / {sw.config.get('benchmark')}", sw.points(), sw.track))
+        panels.append((f"{sw.config.get('model')} / {sw.config.get('benchmark')}", sw.points(), sw.track,
+                       sweep_axis(sw.analysis)))
         baselines.append(sw.analysis.get("baseline") or sw.config.get("baseline"))
     baseline = a.baseline or next((b for b in baselines if isinstance(b, str)), DEFAULT_BASELINE)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -235,6 +235,7 @@ def test_sweep_rejects_edit_only_method_on_behaviour(tmp_path, capsys):
 def test_counterfact_sweep_per_edit_methods(cf_root, tmp_path):
     shutil.copy(cf_root / "counterfact" / "counterfact-edit.json", cf_root / "counterfact" / "counterfact-val.json")
     (cf_root / "utility").symlink_to(DATA / "utility")
+    (cf_root / "safety").symlink_to(DATA / "safety")  # neutral_kl's Alpaca instructions
     cfg = _sweep_yaml(tmp_path, "counterfact", [{"name": "mega", "params": {"steps": 2}, "strengths": [1]}],
                       data_root=str(cf_root), utility_edits=2, limit=3)
     assert main(["sweep", str(cfg), "--quiet"]) == 0

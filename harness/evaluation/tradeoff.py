@@ -1,29 +1,65 @@
 """Trade-off analysis of sweep points: curves, Pareto fronts, matched-utility gains, hypervolume.
 
-Conventions: utility (x) is higher-better; the attribute (y) is oriented by the benchmark's
-``higher_is_better`` (for reasoning length, shorter is better) before any comparison.
+Conventions: x is higher-better: the mean MC ``utility``, or ``-neutral_kl`` (``matched_axis: kl``,
+the default [ours]: a lower KL from the unedited model on neutral text counts as higher utility);
+the attribute (y) is oriented by the benchmark's ``higher_is_better`` (for reasoning length,
+shorter is better) before any comparison. Only *valid* points (:mod:`editbench.evaluation.validity`)
+enter fronts, hypervolumes and selections; invalid ones are counted per method and split.
 * Pareto front: points no other point beats on both axes (ties kept).
 * Matched utility (the Steer2Edit paper's headline): a method point's attribute minus the
-  baseline's attribute at the same utility, linearly interpolated along the baseline's Pareto
-  front (baseline points plus the original model); undefined outside the front's utility range.
+  baseline's attribute at the same x, linearly interpolated along the baseline's Pareto front
+  (baseline points plus the original model); undefined outside the front's x range.
   The operating point is the method's point with the largest gain on ``val``; its gain is then
   reported on ``test`` (the same configuration and strength), so nothing is selected on test.
+  Each gain has a paired bootstrap 95% CI over the split's items (:mod:`editbench.evaluation.power`;
+  x is held fixed); "no detectable difference" when it contains 0.
+* Censoring [ours]: a gain is "not decidable" when more than ``max_censored_share`` of the items
+  of the method point or of a baseline point it is interpolated from hit the generation budget
+  (``censored_share``): a truncated length is a lower bound, so the difference is not a length gain.
+  Such val points are not selected either.
 * Hypervolume: area dominated by a method's points plus the original model, above the reference
-  point (lowest utility, worst attribute over all points of that split).
+  point (lowest x, worst attribute over all valid points of that split).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Sequence
+import math
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from editbench.evaluation.power import paired_gain, power_statement
+from editbench.evaluation.validity import is_valid, validity_note
+
 Point = dict
+AXES = ("kl", "utility")
+#: a sweep's default ``max_censored_share``: above it a length difference is mostly truncation
+DEFAULT_MAX_CENSORED_SHARE = 0.2
+#: a sweep's default ``target_halfwidth`` (attribute units; points for a x100 proportion)
+DEFAULT_TARGET_HALFWIDTH = 10.0
+#: item values of a split's points: {(point key, split): {item id: value}}
+Items = Mapping[tuple[str, str], Mapping[Any, float]]
 
 
-def _xy(p: Point, sign: float) -> tuple[float, float]:
-    return p["utility"]["mean"], sign * p["attribute"]["mean"]
+def _x(p: Point, axis: str) -> float | None:
+    agg = p.get("utility" if axis == "utility" else "neutral_kl") or {}
+    v = agg.get("mean")
+    if v is None or not math.isfinite(v):
+        return None
+    return float(v) if axis == "utility" else -float(v)
+
+
+def _xy(p: Point, sign: float, axis: str = "utility") -> tuple[float, float]:
+    return _x(p, axis), sign * p["attribute"]["mean"]  # type: ignore[return-value]
+
+
+def resolve_axis(points: Sequence[Point], matched_axis: str) -> tuple[str, str | None]:
+    """(the axis used, why it differs from ``matched_axis``): ``kl`` needs neutral_kl on every
+    valid point (older sweeps have none), else the analysis falls back to ``utility``."""
+    if matched_axis == "kl" and any(_x(p, "kl") is None for p in points if is_valid(p)):
+        return "utility", "neutral_kl not measured on every valid point: matched on MC utility instead"
+    return matched_axis, None
 
 
 def pareto_front(xy: Sequence[tuple[float, float]]) -> list[int]:
@@ -35,25 +71,42 @@ def pareto_front(xy: Sequence[tuple[float, float]]) -> list[int]:
     return sorted(idx, key=lambda i: (xy[i][0], xy[i][1]))
 
 
-def interpolate_front(front: Sequence[tuple[float, float]], x: float) -> float | None:
-    """Attribute of a front at utility ``x`` (linear), None outside its utility range."""
+def bracket(front: Sequence[tuple[float, float]], x: float) -> list[tuple[int, float]] | None:
+    """The front points a linear interpolation at ``x`` uses, with their weights (one point at
+    weight 1 on an exact match, else the two neighbours); None outside the front's x range. For
+    equal x the best y is used."""
     if not front:
         return None
     xs = np.array([p[0] for p in front])
-    ys = np.array([p[1] for p in front])
     if x < xs.min() - 1e-12 or x > xs.max() + 1e-12:
         return None
-    # fronts may hold equal x; np.interp wants increasing xs: keep the best y per x
-    ux = np.unique(xs)
-    uy = np.array([ys[xs == v].max() for v in ux])
-    return float(np.interp(x, ux, uy))
+    best: dict[float, int] = {}
+    for i, (px, py) in enumerate(front):
+        if px not in best or py > front[best[px]][1]:
+            best[px] = i
+    ux = sorted(best)
+    k = int(np.searchsorted(ux, x))
+    if k < len(ux) and abs(ux[k] - x) <= 1e-12:
+        return [(best[ux[k]], 1.0)]
+    if k == 0:
+        return [(best[ux[0]], 1.0)]
+    if k == len(ux):
+        return [(best[ux[-1]], 1.0)]
+    t = (x - ux[k - 1]) / (ux[k] - ux[k - 1])
+    return [(best[ux[k - 1]], 1.0 - t), (best[ux[k]], t)]
+
+
+def interpolate_front(front: Sequence[tuple[float, float]], x: float) -> float | None:
+    """Attribute of a front at ``x`` (linear), None outside its x range."""
+    b = bracket(front, x)
+    return None if b is None else float(sum(w * front[i][1] for i, w in b))
 
 
 def hypervolume(xy: Sequence[tuple[float, float]], ref: tuple[float, float]) -> float:
     """Area dominated by ``xy`` (maximised) above ``ref``."""
     pts = sorted((max(x, ref[0]), max(y, ref[1])) for x, y in xy)
     area, best_y = 0.0, ref[1]
-    for x, y in reversed(pts):  # sweep from the largest utility down
+    for x, y in reversed(pts):  # sweep from the largest x down
         if y > best_y:
             area += (x - ref[0]) * (y - best_y)
             best_y = y
@@ -79,16 +132,39 @@ def varying_params(points: Sequence[Point]) -> dict[str, list[str]]:
 DEFAULT_BASELINE = "steering"
 
 
-def analyze(points: Sequence[Point], track: dict, baseline: str = DEFAULT_BASELINE) -> dict:
+def item_values(records: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], dict[Any, float]]:
+    """:data:`Items` from items.jsonl records: attribute items with a numeric per-item ``value``
+    (knowledge-edit points have none: their attribute is a harmonic mean, not an item mean)."""
+    out: dict[tuple[str, str], dict[Any, float]] = {}
+    for r in records:
+        v = r.get("value")
+        if r.get("kind") == "attribute" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            out.setdefault((r["key"], r["split"]), {})[json.dumps(r.get("item_id"))] = float(v)
+    return out
+
+
+def analyze(points: Sequence[Point], track: dict, baseline: str = DEFAULT_BASELINE, matched_axis: str = "kl",
+            items: Items | None = None, max_censored_share: float = DEFAULT_MAX_CENSORED_SHARE,
+            target_halfwidth: float = DEFAULT_TARGET_HALFWIDTH) -> dict:
     sign = 1.0 if track.get("higher_is_better", True) else -1.0
     vary = varying_params(points)
-    out: dict = {"attribute": track.get("attribute"), "higher_is_better": sign > 0, "baseline": baseline, "splits": {}}
+    axis, axis_note = resolve_axis(points, matched_axis)
+    usable = [p for p in points if p["attribute"]["mean"] is not None]
+    out: dict = {"attribute": track.get("attribute"), "higher_is_better": sign > 0, "baseline": baseline,
+                 "matched_axis": axis, "axis_note": axis_note, "validity_note": validity_note(points),
+                 "max_censored_share": max_censored_share, "splits": {}, "invalid": {}, "power": {}}
     for split in ("val", "test"):
-        ps = [p for p in points if p["split"] == split and p["utility"]["mean"] is not None
-              and p["attribute"]["mean"] is not None]
+        sp = [p for p in points if p["split"] == split]
+        out["invalid"][split] = {m: {"invalid": sum(not is_valid(p) for p in sp if p["method"] == m),
+                                     "points": sum(p["method"] == m for p in sp)} for m in sorted({p["method"] for p in sp})}
+        unedited = next((p for p in sp if p["method"] == "unedited"), None)
+        n_used = (track.get("n_items") or {}).get(split) or (unedited or {}).get("attribute", {}).get("n") or 0
+        ref_vals = list(((items or {}).get((unedited["key"], split)) or {}).values()) if unedited else []
+        out["power"][split] = power_statement(target_halfwidth, float(track.get("scale", 100.0)), n_used, ref_vals)
+        ps = [p for p in usable if p["split"] == split and is_valid(p) and _x(p, axis) is not None]
         if not ps:
             continue
-        xy = [_xy(p, sign) for p in ps]
+        xy = [_xy(p, sign, axis) for p in ps]
         front = pareto_front(xy)
         ref = (min(x for x, _ in xy), min(y for _, y in xy))
         orig = [i for i, p in enumerate(ps) if p["method"] == "unedited"]
@@ -98,56 +174,95 @@ def analyze(points: Sequence[Point], track: dict, baseline: str = DEFAULT_BASELI
         out["splits"][split] = {
             "pareto": [{"key": ps[i]["key"], "label": label(ps[i], vary[ps[i]["method"]]), "strength": ps[i]["strength"]}
                        for i in front],
-            "hypervolume": hv, "reference_point": {"utility": ref[0], "attribute": sign * ref[1]},
+            "hypervolume": hv, "reference_point": {_axis_name(axis): ref[0] if axis == "utility" else -ref[0],
+                                                   "attribute": sign * ref[1]},
         }
-    out["matched_utility"] = _matched(points, sign, baseline, vary)
+    out["matched_utility"] = _matched(usable, sign, baseline, vary, axis, items or {}, max_censored_share,
+                                      float(track.get("scale", 100.0)))
     return out
 
 
-def _front_of(points: Sequence[Point], method: str, split: str, sign: float) -> list[tuple[float, float]]:
-    ps = [p for p in points if p["split"] == split and p["method"] in (method, "unedited")]
-    xy = [_xy(p, sign) for p in ps]
-    return [xy[i] for i in pareto_front(xy)]
+def _axis_name(axis: str) -> str:
+    return "utility" if axis == "utility" else "neutral_kl"
 
 
-def _matched(points: Sequence[Point], sign: float, baseline: str, vary: dict) -> dict:
+def _front_of(points: Sequence[Point], method: str, split: str, sign: float, axis: str) -> list[Point]:
+    ps = [p for p in points if p["split"] == split and p["method"] in (method, "unedited") and is_valid(p)
+          and _x(p, axis) is not None]
+    return [ps[i] for i in pareto_front([_xy(p, sign, axis) for p in ps])]
+
+
+def _censored(ps: Sequence[Point], limit: float) -> float | None:
+    """The largest ``censored_share`` of ``ps`` when it exceeds ``limit``, else None."""
+    shares = [p["censored_share"] for p in ps if isinstance(p.get("censored_share"), (int, float))]
+    return max(shares) if shares and max(shares) > limit else None
+
+
+def _gain(p: Point, front: list[Point], sign: float, axis: str, items: Items, limit: float, scale: float) -> dict:
+    """The gain of ``p`` over the baseline front at its x: ``{"gain", "baseline", "x", "ci"}``,
+    ``{"outside": True}`` outside the front's range, ``{"censored": share}`` when not decidable."""
+    x, y = _xy(p, sign, axis)
+    fxy = [_xy(q, sign, axis) for q in front]
+    b = bracket(fxy, x)
+    if b is None:
+        return {"outside": True, "x": x}
+    used = [front[i] for i, _ in b]
+    share = _censored([p] + used, limit)
+    if share is not None:
+        return {"censored": share, "x": x}
+    base = sum(w * fxy[i][1] for i, w in b)
+    terms = [(1.0, items.get((p["key"], p["split"]))), *((-w, items.get((front[i]["key"], p["split"]))) for i, w in b)]
+    ci = paired_gain(terms, scale) if all(t[1] for t in terms) else None
+    return {"gain": sign * (y - base), "baseline": sign * base, "x": x, "ci": ci}
+
+
+def _matched(points: Sequence[Point], sign: float, baseline: str, vary: dict, axis: str, items: Items,
+             limit: float, scale: float) -> dict:
     if not any(p["method"] == baseline for p in points):
         return {"note": f"baseline '{baseline}' not in the sweep"}
-    fronts = {s: _front_of(points, baseline, s, sign) for s in ("val", "test")}
+    fronts = {s: _front_of(points, baseline, s, sign, axis) for s in ("val", "test")}
     test_by_key = {p["key"]: p for p in points if p["split"] == "test"}
     out = {}
     for m in sorted({p["method"] for p in points} - {baseline, "unedited"}):
-        rows = []
-        for p in points:
-            if p["method"] != m or p["split"] != "val":
-                continue
-            x, y = _xy(p, sign)
-            base = interpolate_front(fronts["val"], x)
-            if base is not None:
-                rows.append((y - base, p))
+        cands = [p for p in points if p["method"] == m and p["split"] == "val" and _x(p, axis) is not None]
+        valid = [p for p in cands if is_valid(p)]
+        gains = [(p, _gain(p, fronts["val"], sign, axis, items, limit, scale)) for p in valid]
+        rows = [(sign * g["gain"], p, g) for p, g in gains if "gain" in g]
         if not rows:
-            out[m] = {"note": "no point within the baseline's utility range on val"}
+            shares = [g["censored"] for _, g in gains if "censored" in g]
+            out[m] = {"note": "no valid point on val" if not valid else
+                      f"not decidable: {100 * max(shares):.0f}% censored" if shares else
+                      "no point within the baseline's range on val",
+                      "invalid_points": len(cands) - len(valid)}
             continue
-        gain_val, best = max(rows, key=lambda r: r[0])
+        _, best, g = max(rows, key=lambda r: r[0])
+        entry: dict = {"operating_point": {"key": best["key"], "label": label(best, vary[m]), "strength": best["strength"]},
+                       "gain_val": g["gain"], "gain_val_ci": g["ci"], "invalid_points": len(cands) - len(valid)}
         tp = test_by_key.get(best["key"])
-        entry = {"operating_point": {"key": best["key"], "label": label(best, vary[m]), "strength": best["strength"]},
-                 "gain_val": sign * gain_val}
-        if tp is not None:
-            x, y = _xy(tp, sign)
-            base = interpolate_front(fronts["test"], x)
-            entry.update({"utility_test": x, "attribute_test": sign * y,
-                          "baseline_attribute_test": None if base is None else sign * base,
-                          "gain_test": None if base is None else sign * (y - base)})
+        if tp is not None and not is_valid(tp):
+            entry["test_invalid"] = list(tp.get("invalid_reasons") or ["invalid"])
+        elif tp is not None and _x(tp, axis) is not None:
+            t = _gain(tp, fronts["test"], sign, axis, items, limit, scale)
+            entry.update({"utility_test": tp["utility"]["mean"], "neutral_kl_test": (tp.get("neutral_kl") or {}).get("mean"),
+                          "attribute_test": tp["attribute"]["mean"], "baseline_attribute_test": t.get("baseline"),
+                          "gain_test": t.get("gain"), "gain_test_ci": t.get("ci")})
+            if "censored" in t:
+                entry["not_decidable"] = f"not decidable: {100 * t['censored']:.0f}% censored"
         out[m] = entry
     return out
 
 
 # ---------------------------------------------------------------------------------------------
-def _fmt(agg: dict | None) -> str:
+def _fmt(agg: dict | None, spec: str = ".1f") -> str:
     if not agg or agg.get("mean") is None:
         return "—"
     lo, hi = agg.get("ci95", [None, None])
-    return f"{agg['mean']:.1f} [{lo:.1f}, {hi:.1f}]" if lo is not None else f"{agg['mean']:.1f}"
+    return f"{agg['mean']:{spec}} [{lo:{spec}}, {hi:{spec}}]" if lo is not None else f"{agg['mean']:{spec}}"
+
+
+def _validity_cell(p: Point) -> str:
+    v = p.get("valid")
+    return "—" if v is None else "yes" if v else "**no**: " + "; ".join(p.get("invalid_reasons") or [])
 
 
 def format_points(points: Sequence[Point], split: str, pareto_keys: set[str] = frozenset()) -> str:
@@ -155,45 +270,86 @@ def format_points(points: Sequence[Point], split: str, pareto_keys: set[str] = f
     # per-task accuracies stay in points.jsonl; the table keeps the headline and benchmark metrics
     extra = sorted({k for p in points for k, v in p.items() if isinstance(v, dict) and "mean" in v
                     and not k.endswith(("_acc", "_acc_norm"))} - {"attribute", "utility"})
-    lines = ["| method | strength | attribute | utility | " + " | ".join(extra) + " | Pareto | s (fit+eval) |",
-             "|---|---|---|---|" + "---|" * len(extra) + "---|---|"]
+    censored = any(isinstance(p.get("censored_share"), (int, float)) for p in points)
+    lines = ["| method | strength | attribute | utility | " + " | ".join(extra) + " | "
+             + ("censored | " if censored else "") + "valid | Pareto | s (fit+eval) |",
+             "|---|---|---|---|" + "---|" * (len(extra) + censored) + "---|---|---|"]
     for p in sorted((p for p in points if p["split"] == split), key=lambda p: (p["method"] != "unedited", p["key"])):
-        cells = [_fmt(p.get(k)) for k in extra]
+        cells = [_fmt(p.get(k), ".3g" if k == "neutral_kl" else ".1f") for k in extra]
+        if censored:
+            c = p.get("censored_share")
+            cells.append("—" if c is None else f"{100 * c:.0f}%")
         secs = p.get("seconds", {})
         lines.append(f"| {label(p, vary[p['method']])} | {p['strength']:g} | {_fmt(p['attribute'])} | {_fmt(p['utility'])} | "
-                     + " | ".join(cells) + f" | {'*' if p['key'] in pareto_keys else ''} | "
+                     + " | ".join(cells) + f" | {_validity_cell(p)} | {'*' if p['key'] in pareto_keys else ''} | "
                      f"{secs.get('fit', 0):.1f}+{secs.get('eval', 0):.1f} |")
     return "\n".join(lines)
+
+
+def _ci(c: dict | None) -> str:
+    if not c:
+        return " (no paired CI: the attribute has no per-item values)"
+    verdict = "; no detectable difference" if c["no_detectable_difference"] else ""
+    return f" [95% CI {c['ci95'][0]:+.1f}, {c['ci95'][1]:+.1f}, paired bootstrap over {c['n']} items{verdict}]"
+
+
+def _matched_line(m: str, e: dict, axis: str) -> str:
+    if "note" in e:
+        return f"- {m}: {e['note']}"
+    op = e["operating_point"]
+    head = (f"- {m}: operating point {op['label']} s={op['strength']:g}; "
+            f"gain on val {e['gain_val']:+.1f}{_ci(e.get('gain_val_ci'))}; ")
+    if "test_invalid" in e:
+        return head + "on test the point is invalid (" + "; ".join(e["test_invalid"]) + "): no gain reported"
+    if "not_decidable" in e:
+        return head + f"on test {e['not_decidable']}: no length gain reported"
+    gt = e.get("gain_test")
+    if "attribute_test" not in e:
+        return head + "no test point"
+    if gt is None:
+        return head + "on test outside the baseline's range"
+    at = (f"utility {e['utility_test']:.1f}" if axis == "utility" else f"neutral_kl {e['neutral_kl_test']:.3g}")
+    return head + (f"on test {gt:+.1f}{_ci(e.get('gain_test_ci'))} (attribute {e['attribute_test']:.1f} vs baseline "
+                   f"{e['baseline_attribute_test']:.1f} at {at})")
 
 
 def format_analysis(summary: dict, points: Sequence[Point]) -> str:
     a = summary["analysis"]
     cfg = summary["config"]
+    axis = a.get("matched_axis", "utility")
     lines = [f"# Sweep: {cfg['benchmark']} on {cfg['model']}",
              f"attribute: {a['attribute']} ({'higher' if a['higher_is_better'] else 'lower'} is better); "
              f"utility: mean {cfg['utility']['metric']} over {', '.join(cfg['utility']['tasks'])}; "
              f"code {summary['versions']['git_commit'][:10]}{' (dirty)' if summary['versions']['git_dirty'] else ''}"]
+    bounds = cfg.get("validity") or {}
+    lines += ["", "A point is valid when its wikitext perplexity is at most "
+              f"{bounds.get('max_ppl_ratio', '?')}x the unedited model's and its neutral_kl (mean next-token KL from "
+              f"the unedited model on neutral text) at most {bounds.get('max_neutral_kl', '?')} nats; invalid points "
+              "stay in the tables but enter no Pareto front, hypervolume or matched-utility selection."]
+    if a.get("validity_note"):
+        lines.append(a["validity_note"] + ".")
+    for split, counts in (a.get("invalid") or {}).items():
+        bad = [f"{m} {c['invalid']}/{c['points']}" for m, c in counts.items() if c["invalid"]]
+        lines.append(f"invalid points on {split}: " + (", ".join(bad) if bad else "none"))
+    for split, pw in (a.get("power") or {}).items():
+        need = "—" if pw["n_needed"] is None else pw["n_needed"]
+        lines.append(f"{split}: n needed for ±{pw['halfwidth']:g}: {need}; used: {pw['n_used']} ({pw['basis']})")
     for split, info in a["splits"].items():
         lines += ["", f"## {split}", format_points(points, split, {q["key"] for q in info["pareto"]}), "",
-                  "hypervolume (with the original model): " +
-                  ", ".join(f"{m} {v:.1f}" for m, v in info["hypervolume"].items())]
-    lines += ["", f"## Attribute gain over {a['baseline']} at matched utility (chosen on val, reported on test)",
-              "Gains are attribute differences (method - baseline): "
-              + ("positive is better." if a["higher_is_better"] else "lower is better, so negative is the improvement.")]
+                  "hypervolume (with the original model, valid points, x = "
+                  + ("MC utility" if axis == "utility" else "-neutral_kl") + "): "
+                  + ", ".join(f"{m} {v:{'.1f' if axis == 'utility' else '.3g'}}" for m, v in info["hypervolume"].items())]
+    what = ("MC utility" if axis == "utility" else
+            "neutral_kl (x = -neutral_kl: a lower KL from the unedited model counts as higher utility)")
+    lines += ["", f"## Attribute gain over {a['baseline']} at matched {what} (chosen on val, reported on test)"]
+    if a.get("axis_note"):
+        lines.append(a["axis_note"] + ".")
+    lines.append("Gains are attribute differences (method - baseline): "
+                 + ("positive is better." if a["higher_is_better"] else "lower is better, so negative is the improvement.")
+                 + f" A gain is not decidable when over {100 * a.get('max_censored_share', 0.2):.0f}% of the items of the "
+                 "method point or of a baseline point it is compared with hit the generation budget.")
     mu = a["matched_utility"]
     if "note" in mu:
         lines.append(mu["note"])
-    for m, e in mu.items():
-        if not isinstance(e, dict):
-            continue
-        if "note" in e:
-            lines.append(f"- {m}: {e['note']}")
-        else:
-            gt = e.get("gain_test")
-            lines.append(f"- {m}: operating point {e['operating_point']['label']} s={e['operating_point']['strength']:g}; "
-                         f"gain on val {e['gain_val']:+.1f}; on test "
-                         + ("outside the baseline's utility range" if gt is None else
-                            f"{gt:+.1f} (attribute {e['attribute_test']:.1f} vs baseline {e['baseline_attribute_test']:.1f} "
-                            f"at utility {e['utility_test']:.1f})"))
+    lines += [_matched_line(m, e, axis) for m, e in mu.items() if isinstance(e, dict)]
     return "\n".join(lines) + "\n"
-

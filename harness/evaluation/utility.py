@@ -6,9 +6,18 @@ Tasks (data under ``utility/`` of the data bundle), each split 50/50 into seeded
   (CommonsenseQA dev), ``arc_easy``, ``arc_challenge``, ``piqa``;
 * ``wikitext``: perplexity over non-overlapping ``window``-token windows of wikitext-2 test
   (``"\\n\\n".join(rows)``), windows alternating between val and test;
-* ``fluency``: n-gram entropy of greedy responses to held-out Alpaca instructions.
+* ``fluency``: n-gram entropy of greedy responses to held-out Alpaca instructions;
+* ``neutral_kl`` [ours]: mean next-token ``KL(unedited || edited)`` over neutral text, per text
+  (mean over its positions), then over texts: the fixed wikitext-2 windows of the CounterFact
+  health probe (:func:`editbench.evaluation.scope.neutral_windows`, the same on both splits) and
+  ``neutral`` held-out Alpaca instructions per split with the response the *unedited* model gives
+  (greedy, ``max_new_tokens``; KL over the response positions only). Texts and the unedited
+  distributions are computed once per suite (one sweep), before any intervention is entered.
+  Accuracy on four-way multiple choice cannot see a model that still ranks choices but babbles;
+  this can (a sweep's validity check, :mod:`editbench.evaluation.validity`).
 The ``utility`` score is the mean of the chosen MC tasks' accuracies (``metric``: acc or acc_norm),
-with a bootstrap CI that resamples items within each task.
+with a bootstrap CI that resamples items within each task; ``utility_chance`` is its value for a
+model that guesses (mean over items of 1/number of choices, per task, then over tasks).
 """
 
 from __future__ import annotations
@@ -25,7 +34,8 @@ import torch
 from editbench.evaluation import metrics as M
 from editbench.data import data_file, sha256_file
 from editbench.errors import ConfigError, DataError
-from editbench.modeling.scoring import generate, score_choices
+from editbench.evaluation.scope import NEUTRAL_TEXT, neutral_windows
+from editbench.modeling.scoring import encode_prompt, generate, score_choices, window_logprobs
 
 MC_TASKS = {
     "csqa": "utility/csqa_dev_rand_split.jsonl",
@@ -46,7 +56,8 @@ class UtilityConfig:
     wikitext_windows: int = 8  # per split; 0 switches perplexity off
     window: int = 256
     fluency: int = 0  # Alpaca prompts per split; 0 switches fluency off
-    max_new_tokens: int = 48
+    neutral: int = 8  # Alpaca responses per split in neutral_kl (0: the wikitext windows only)
+    max_new_tokens: int = 48  # fluency's and the neutral responses' generation budget
     seed: int = 0
 
     def __post_init__(self):
@@ -55,8 +66,10 @@ class UtilityConfig:
             raise ConfigError(f"unknown utility task '{bad[0]}' (tasks: {', '.join(MC_TASKS)})")
         if self.metric not in ("acc", "acc_norm"):
             raise ConfigError(f"utility metric must be 'acc' or 'acc_norm', got {self.metric!r}")
-        if (self.limit is not None and self.limit < 1) or self.wikitext_windows < 0 or self.fluency < 0 or self.window < 8:
-            raise ConfigError("utility: limit >= 1, wikitext_windows >= 0, fluency >= 0 and window >= 8 are required")
+        if ((self.limit is not None and self.limit < 1) or self.wikitext_windows < 0 or self.fluency < 0
+                or self.neutral < 0 or self.window < 8 or self.max_new_tokens < 1):
+            raise ConfigError("utility: limit >= 1, wikitext_windows >= 0, fluency >= 0, neutral >= 0, window >= 8 "
+                              "and max_new_tokens >= 1 are required")
 
 
 def _mc_rows(task: str, path) -> list[dict]:
@@ -94,8 +107,19 @@ class UtilitySuite:
     def data_files(self) -> dict[str, str]:
         rels = [MC_TASKS[t] for t in self.cfg.tasks]
         rels += [WIKITEXT] if self.cfg.wikitext_windows else []
-        rels += [ALPACA] if self.cfg.fluency else []
-        return {str(data_file(r, self.data_root)): sha256_file(data_file(r, self.data_root)) for r in rels}
+        files = {str(data_file(r, self.data_root)): sha256_file(data_file(r, self.data_root)) for r in rels}
+        if self.cfg.fluency or self.cfg.neutral:
+            try:
+                alpaca = data_file(ALPACA, self.data_root)
+            except DataError as e:
+                raise DataError(f"{e} (Alpaca instructions for utility.fluency / utility.neutral; set both to 0 "
+                                "to do without)") from None
+            files[str(alpaca)] = sha256_file(alpaca)
+        try:
+            neutral = data_file(NEUTRAL_TEXT, self.data_root)
+        except DataError:  # a hand-made root without it: neutral_kl has the Alpaca part only
+            return files
+        return {**files, str(neutral): sha256_file(neutral)}
 
     def items(self, task: str, split: str) -> list[dict]:
         key = (task, split)
@@ -124,6 +148,7 @@ class UtilitySuite:
         """Per-item records ``{"task", "item_id", metric fields}`` under ``context`` = (outer, batch_context)."""
         outer, bctx = context
         recs: list[dict] = []
+        self._neutral_reference(lm, split, batch_size)  # the unedited model: before the intervention is entered
         with outer:
             for task in self.cfg.tasks:
                 items = self.items(task, split)
@@ -132,13 +157,14 @@ class UtilitySuite:
                 for it, sc in zip(items, scores):
                     raw = [lp for lp, _ in sc]
                     norm = [lp / len(c) for (lp, _), c in zip(sc, it["choices"])]
-                    recs.append({"task": task, "item_id": it["item_id"],
+                    recs.append({"task": task, "item_id": it["item_id"], "n_choices": len(it["choices"]),
                                  "acc": float(int(np.argmax(raw)) == it["gold"]),
                                  "acc_norm": float(int(np.argmax(norm)) == it["gold"])})
             if self.cfg.wikitext_windows:
                 recs += self._perplexity(lm, bctx, split, batch_size)
             if self.cfg.fluency:
                 recs += self._fluency(lm, bctx, split, batch_size)
+            recs += self._neutral_kl(lm, bctx, split, batch_size)
         return recs
 
     @torch.no_grad()
@@ -160,15 +186,52 @@ class UtilitySuite:
             out += [{"task": "wikitext", "item_id": f"w{split}{s + k}", "nll": float(v)} for k, v in enumerate(nll.tolist())]
         return out
 
-    def _fluency(self, lm, bctx, split: str, batch_size: int) -> list[dict]:
-        path = data_file(ALPACA, self.data_root)
-        rows = [r["instruction"] for r in json.loads(path.read_text(encoding="utf-8"))[FLUENCY_OFFSET:]]
-        idx = _halves(len(rows), self.cfg.seed)[split][: self.cfg.fluency]
+    def _alpaca(self, lm, split: str, n: int) -> tuple[list[int], list[str]]:
+        """(row ids, chat-formatted prompts) of the split's first ``n`` held-out Alpaca instructions."""
         from editbench.benchmarks.attribute import format_instruction
 
-        prompts = [format_instruction(lm.tokenizer, rows[i]) for i in idx]
+        path = data_file(ALPACA, self.data_root)
+        rows = [r["instruction"] for r in json.loads(path.read_text(encoding="utf-8"))[FLUENCY_OFFSET:]]
+        idx = _halves(len(rows), self.cfg.seed)[split][:n]
+        return idx, [format_instruction(lm.tokenizer, rows[i]) for i in idx]
+
+    def _fluency(self, lm, bctx, split: str, batch_size: int) -> list[dict]:
+        idx, prompts = self._alpaca(lm, split, self.cfg.fluency)
         texts = generate(lm, prompts, max_new_tokens=self.cfg.max_new_tokens, batch_size=batch_size, batch_context=bctx)
         return [{"task": "fluency", "item_id": i, "entropy": M.ngram_entropy(t), "response": t} for i, t in zip(idx, texts)]
+
+    def _neutral_reference(self, lm, split: str, batch_size: int) -> None:
+        """The split's neutral texts (token window, first KL position, item id) and the unedited
+        model's log-probs on them, once per suite (every point of a sweep compares with these;
+        the wikitext windows, the same on both splits, are computed once for both)."""
+        def reference(texts: list[tuple[list[int], int, str]]) -> tuple[list, list]:
+            ref = window_logprobs(lm, [w for w, _, _ in texts], batch_size, starts=[s for _, s, _ in texts])
+            return texts, ref
+
+        if ("neutral", "wikitext") not in self._cache:
+            wins = neutral_windows(lm, self.data_root) or []
+            self._cache[("neutral", "wikitext")] = reference([(w, 0, f"wikitext-{k}") for k, w in enumerate(wins)])
+        if ("neutral", split) not in self._cache:
+            texts = []
+            if self.cfg.neutral:
+                idx, prompts = self._alpaca(lm, split, self.cfg.neutral)
+                replies: list[list[int]] = []
+                generate(lm, prompts, max_new_tokens=self.cfg.max_new_tokens, batch_size=batch_size, ids_out=replies)
+                for i, p, reply in zip(idx, prompts, replies):
+                    prompt = encode_prompt(lm.tokenizer, p)
+                    if reply:  # positions len(prompt)-1 .. predict the reply's tokens (its last one is not input)
+                        texts.append((prompt + reply[:-1], len(prompt) - 1, f"alpaca-{i}"))
+            self._cache[("neutral", split)] = reference(texts)
+
+    def _neutral_kl(self, lm, bctx, split: str, batch_size: int) -> list[dict]:
+        parts = [self._cache[("neutral", "wikitext")], self._cache[("neutral", split)]]
+        texts = [t for ts, _ in parts for t in ts]
+        if not texts:
+            return []
+        kl = window_logprobs(lm, [w for w, _, _ in texts], batch_size, bctx, reference=[r for _, rs in parts for r in rs],
+                             starts=[s for _, s, _ in texts])
+        return [{"task": "neutral", "item_id": name, "kl": float(k.clamp_min(0.0).mean()), "positions": int(k.numel())}
+                for (_, _, name), k in zip(texts, kl)]  # clamp: >= 0 up to float noise; NaN stays NaN
 
     def summarize(self, recs: Sequence[dict]) -> dict:
         """``utility`` (mean task accuracy, x100, bootstrap CI within tasks) plus per-task aggregates."""
@@ -178,16 +241,29 @@ class UtilitySuite:
             for m in ("acc", "acc_norm"):
                 out[f"{t}_{m}"] = M.aggregate([r[m] for r in recs if r["task"] == t])
         out["utility"] = mean_of_tasks(list(per_task.values()))
+        choices = [np.array([1.0 / r["n_choices"] for r in recs if r["task"] == t and "n_choices" in r])
+                   for t in self.cfg.tasks]
+        if all(len(c) for c in choices):
+            out["utility_chance"] = 100.0 * float(np.mean([c.mean() for c in choices]))
         nll = [r["nll"] for r in recs if r["task"] == "wikitext"]
         if nll:
             agg = M.aggregate(nll, scale=1.0)
-            out["wikitext_ppl"] = {**{k: agg[k] for k in ("n",)}, "mean": math.exp(agg["mean"]),
-                                   "ci95": [math.exp(v) for v in agg["ci95"]], "std": None,
-                                   "note": "exp(mean window NLL); CI from the NLL bootstrap"}
+            out["wikitext_ppl"] = {"n": agg["n"], "mean": _exp(agg["mean"]), "ci95": [_exp(v) for v in agg["ci95"]],
+                                   "std": None, "note": "exp(mean window NLL); CI from the NLL bootstrap",
+                                   **({"non_finite": agg["non_finite"]} if "non_finite" in agg else {})}
         ent = [r["entropy"] for r in recs if r["task"] == "fluency"]
         if ent:
             out["fluency"] = M.aggregate(ent, scale=1.0)
+        kl = [r["kl"] for r in recs if r["task"] == "neutral"]
+        if kl:
+            out["neutral_kl"] = {**M.aggregate(kl, scale=1.0),
+                                 "note": "nats; mean over neutral texts of the mean next-token KL(unedited || edited)"}
         return out
+
+
+def _exp(v: float | None) -> float | None:
+    """exp that overflows to inf (a broken model's NLL), None for None."""
+    return None if v is None else math.exp(v) if v < 709.0 else math.inf
 
 
 def mean_of_tasks(tasks: Sequence[np.ndarray], scale: float = 100.0) -> dict:

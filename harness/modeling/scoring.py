@@ -249,22 +249,26 @@ def next_token_logprobs(lm: LoadedModel, prompts: Sequence[str], batch_size: int
 @torch.no_grad()
 def window_logprobs(lm: LoadedModel, windows: Sequence[Sequence[int]], batch_size: int = 32,
                     batch_context: BatchContext | None = None, reference: Sequence[torch.Tensor] | None = None,
-                    max_tokens: int | None = 8192) -> list[torch.Tensor]:
+                    max_tokens: int | None = 8192, starts: Sequence[int] | None = None) -> list[torch.Tensor]:
     """Next-token log-probs at *every* position of token-id windows (each window is a whole
     prompt: ``prompt_lengths`` = its length), ``[L_i, vocab]`` float32 per window, in request order.
+    ``starts[i]``: the first position of window i whose distribution is wanted (a response after
+    its prompt), giving ``[L_i - starts[i], vocab]``; positions before it are never unembedded.
 
-    With ``reference`` (one ``[L_i, vocab]`` log-prob tensor per window, e.g. the unedited model's),
-    returns the per-position ``KL(reference || model)`` ``[L_i]`` instead, so that many edited
-    rows never hold their full distributions at once."""
-    if any(len(w) == 0 for w in windows):
-        raise ValueError("empty token window")
+    With ``reference`` (one such log-prob tensor per window, e.g. the unedited model's), returns
+    the per-position ``KL(reference || model)`` instead, so that many edited rows never hold
+    their full distributions at once."""
+    starts = [0] * len(windows) if starts is None else list(starts)
+    if len(starts) != len(windows) or any(not 0 <= s < len(w) for s, w in zip(starts, windows)):
+        raise ValueError("empty token window (or a start outside its window)")
     out: list[torch.Tensor | None] = [None] * len(windows)
     for idx, batch, hidden in _prompt_forward(lm, windows, batch_size, batch_context, max_tokens):
-        lengths = batch.prompt_lengths.tolist()
-        # every real position, window after window (so each window's rows are contiguous)
-        rows = torch.cat([torch.full((L,), b, dtype=torch.long) for b, L in enumerate(lengths)]).to(hidden.device)
-        cols = torch.cat([torch.arange(L) for L in lengths]).to(hidden.device)
-        ref = None if reference is None else torch.cat([reference[i][:L] for i, L in zip(idx, lengths)])
+        spans = [(starts[i], L) for i, L in zip(idx, batch.prompt_lengths.tolist())]
+        lengths = [L - s for s, L in spans]
+        # every wanted position, window after window (so each window's rows are contiguous)
+        rows = torch.cat([torch.full((L - s,), b, dtype=torch.long) for b, (s, L) in enumerate(spans)]).to(hidden.device)
+        cols = torch.cat([torch.arange(s, L) for s, L in spans]).to(hidden.device)
+        ref = None if reference is None else torch.cat([reference[i][:n] for i, n in zip(idx, lengths)])
         flat = []
         for s, logp in _unembed_rows(lm, hidden[rows, cols]):
             flat.append(logp if ref is None else kl_divergence(ref[s:s + logp.shape[0]].to(logp), logp))
@@ -276,9 +280,11 @@ def window_logprobs(lm: LoadedModel, windows: Sequence[Sequence[int]], batch_siz
 @torch.no_grad()
 def generate(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int = 32, do_sample: bool = False,
              seed: int = 0, batch_size: int = 16, batch_context: BatchContext | None = None,
-             lengths_out: list[int] | None = None, **gen_kwargs) -> list[str]:
+             lengths_out: list[int] | None = None, ids_out: list[list[int]] | None = None,
+             **gen_kwargs) -> list[str]:
     """Batched (left-padded) generation; returns only the new text per prompt (and, into
-    ``lengths_out``, the number of generated tokens per prompt, EOS excluded).
+    ``lengths_out``, the number of generated tokens per prompt, EOS excluded; into ``ids_out``,
+    those tokens).
 
     Greedy decoding is independent of batching. Sampling is reproducible for a fixed seed *and*
     batch size (the RNG is re-seeded per batch).
@@ -288,7 +294,7 @@ def generate(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int = 32, 
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     out: list[str | None] = [None] * len(prompts)
-    n_new: list[int] = [0] * len(prompts)
+    new_ids: list[list[int]] = [[] for _ in prompts]
     for bno, start in enumerate(range(0, len(order), batch_size)):
         idx = order[start:start + batch_size]
         T = max(len(encoded[i]) for i in idx)
@@ -309,10 +315,12 @@ def generate(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int = 32, 
             new = gen[b, T:].tolist()
             if tok.eos_token_id is not None and tok.eos_token_id in new:
                 new = new[: new.index(tok.eos_token_id)]
-            n_new[i] = len(new)
+            new_ids[i] = new
             out[i] = tok.decode(new, skip_special_tokens=True)
     if lengths_out is not None:
-        lengths_out[:] = n_new
+        lengths_out[:] = [len(n) for n in new_ids]
+    if ids_out is not None:
+        ids_out[:] = new_ids
     return out  # type: ignore[return-value]
 
 

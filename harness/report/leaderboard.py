@@ -19,6 +19,7 @@ from typing import Any, Sequence
 from editbench.errors import EditbenchError
 from editbench.evaluation import metric_registry
 from editbench.evaluation.tradeoff import varying_params
+from editbench.evaluation.validity import validity_note
 from editbench.report.health import (UNKNOWN_CLASS, HealthThresholds, assess, best_per_class, class_legend,
                                      class_rank, health_detail, is_flagged, reference_health, resolve_class)
 from editbench.report.model import (DEFAULT_BASELINE, MISSING, REFERENCE_METHOD, Run, Sweep, as_number,
@@ -229,7 +230,8 @@ def build_sweep(sw: Sweep, classes_cache: dict[str, str | None] | None = None,
                  "code": code_version_label(q.get("code") or sw.summary.get("versions") or {}),
                  "seconds": q.get("seconds"), "metrics": {m: normalize_agg(q.get(m)) for m in metrics},
                  "health": reference_health() if is_reference(q["method"]) else
-                 assess(_valid_aggs({m: v for m, v in q.items() if isinstance(v, dict)}), base, thresholds)}
+                 sweep_validity(q, assess(_valid_aggs({m: v for m, v in q.items() if isinstance(v, dict)}), base,
+                                          thresholds))}
                 for q in ps]
         for r in rows:
             if is_flagged(r):
@@ -249,6 +251,10 @@ def build_sweep(sw: Sweep, classes_cache: dict[str, str | None] | None = None,
     if edited and all(r["health"]["status"] == "not measured" for r in edited):
         notes.append("health not measured: the points report neither `neutral_kl` nor `fluency` (with an original-"
                      "model value to compare with); they are not known to be healthy.")
+    if validity_note(sw.points):
+        notes.append(f"{validity_note(sw.points)}.")
+    if a.get("axis_note"):
+        notes.append(f"{a['axis_note']}.")
     if not a.get("splits"):
         notes.append("summary.json has no analysis: no Pareto front, hypervolume or matched-utility gain.")
     if newer_than_summary(sw.path, "points.jsonl"):
@@ -260,11 +266,13 @@ def build_sweep(sw: Sweep, classes_cache: dict[str, str | None] | None = None,
     try:
         classes = {q["method"]: cls_of(q) for q in sw.points}
         classes.setdefault(baseline, resolve_class(None, baseline, classes_cache))
-        headline = matched_lines(a.get("matched_utility"), baseline, higher, flagged, classes)
-        hv = [f"{split}: " + (", ".join(f"{m} ({classes.get(m, UNKNOWN_CLASS)}) {v:.1f}"
+        headline = matched_lines(a.get("matched_utility"), baseline, higher, flagged, classes,
+                                 axis=str(a.get("matched_axis") or "utility"))
+        hv_fmt = ".3g" if a.get("matched_axis") == "kl" else ".1f"  # areas in KL units are small
+        hv = [f"{split}: " + (", ".join(f"{m} ({classes.get(m, UNKNOWN_CLASS)}) {v:{hv_fmt}}"
                                         for m, v in t["hypervolume"].items()) or MISSING)
-              + ("" if not t["reference_point"] else " (reference point: utility "
-                 f"{t['reference_point']['utility']:.1f}, attribute {t['reference_point']['attribute']:.1f})")
+              + ("" if not t["reference_point"] else f" (reference point: {_ref_x(t['reference_point'])}, attribute "
+                 f"{t['reference_point']['attribute']:.1f})")
               for split, t in splits.items()]
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise EditbenchError(f"{sw.path / 'summary.json'}: malformed analysis ({type(e).__name__}: {e})") from None
@@ -287,11 +295,12 @@ def build_sweep(sw: Sweep, classes_cache: dict[str, str | None] | None = None,
 
 
 def matched_lines(mu: Any, baseline: str, higher: bool, flagged: dict[str, dict] | None = None,
-                  classes: dict[str, str] | None = None) -> list[str]:
+                  classes: dict[str, str] | None = None, axis: str = "utility") -> list[str]:
     """The headline: per method (labelled with its method class, and the baseline's when that
-    differs), the operating point chosen on val and its gain over the baseline on test; an
-    operating point whose health is flagged (``flagged``: point key -> health) is named, not
-    reported as a gain."""
+    differs), the operating point chosen on val and its gain over the baseline on test (with its
+    paired CI where the sweep computed one) at matched ``axis`` (``utility`` or ``kl``); an
+    operating point whose health is flagged (``flagged``: point key -> health), invalid on test or
+    not decidable (censored) is named, not reported as a gain."""
     if not isinstance(mu, dict):
         return [f"no matched-utility analysis ({MISSING})"]
     if "note" in mu:
@@ -310,14 +319,41 @@ def matched_lines(mu: Any, baseline: str, higher: bool, flagged: dict[str, dict]
             out.append(f"{m}: operating point {op.get('label')} s={as_number(op.get('strength')) or 0:g} is flagged "
                        f"{health_detail(flagged[op['key']])}; no gain reported")
             continue
-        test = (f"gain on test {MISSING} (no test point)" if "utility_test" not in e else
-                f"gain on test {MISSING} (utility {e['utility_test']:.1f} is outside {baseline}'s range)"
-                if gt is None else
-                f"gain on test {gt:+.1f} (attribute {e['attribute_test']:.1f} vs {baseline} "
-                f"{e['baseline_attribute_test']:.1f} at utility {e['utility_test']:.1f})")
+        x = as_number(e.get("neutral_kl_test" if axis == "kl" else "utility_test"))
+        at = MISSING if x is None else f"neutral_kl {x:.3g}" if axis == "kl" else f"utility {x:.1f}"
+        test = (f"on test invalid ({'; '.join(map(str, e['test_invalid']))}): no gain reported" if e.get("test_invalid")
+                else f"on test {e['not_decidable']}: no gain reported" if e.get("not_decidable") else
+                f"gain on test {MISSING} (no test point)" if "attribute_test" not in e else
+                f"gain on test {MISSING} ({at} is outside {baseline}'s range)" if gt is None else
+                f"gain on test {gt:+.1f}{_ci_text(e.get('gain_test_ci'))} (attribute {e['attribute_test']:.1f} vs "
+                f"{baseline} {e['baseline_attribute_test']:.1f} at {at})")
         out.append(f"{m}: operating point {op.get('label')} s={as_number(op.get('strength')) or 0:g} (gain on val "
                    + (MISSING if gv is None else f"{gv:+.1f}") + f"); {test}")
     return out
+
+
+def _ci_text(ci: Any) -> str:
+    """A gain's paired CI as the sweep's analysis wrote it ("" for sweeps from before it)."""
+    if not isinstance(ci, dict) or not isinstance(ci.get("ci95"), list) or None in map(as_number, ci["ci95"]):
+        return ""
+    lo, hi = ci["ci95"]
+    return f" [95% CI {lo:+.1f}, {hi:+.1f}" + ("; no detectable difference]" if ci.get("no_detectable_difference") else "]")
+
+
+def _ref_x(ref: dict) -> str:
+    """A hypervolume reference point's x: MC utility, or neutral_kl for KL-matched sweeps."""
+    if as_number(ref.get("neutral_kl")) is not None:
+        return f"neutral_kl {ref['neutral_kl']:.3g}"
+    return f"utility {as_number(ref.get('utility')) or 0:.1f}"
+
+
+def sweep_validity(point: dict, health: dict) -> dict:
+    """A sweep point's health with the sweep's own validity verdict: an invalid point is flagged
+    (``broken``) with the sweep's reasons, whatever the report's thresholds say."""
+    if point.get("valid") is not False or health["status"] == "broken":
+        return health
+    reasons = [f"invalid in the sweep: {r}" for r in point.get("invalid_reasons") or ["out of the validity bounds"]]
+    return {**health, "status": "broken", "reasons": list(health.get("reasons") or []) + reasons}
 
 
 def build_leaderboard(runs: Sequence[Run], skipped: Sequence[str] = (), sweeps: Sequence[Sweep] = (),

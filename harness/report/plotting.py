@@ -21,7 +21,7 @@ import numpy as np
 from editbench.evaluation.tradeoff import DEFAULT_BASELINE, varying_params
 from editbench.report.figures import save_figure
 from editbench.report.health import is_flagged
-from editbench.report.model import Sweep, is_reference, normalize_agg
+from editbench.report.model import REFERENCE_METHOD as REFERENCE, Sweep, normalize_agg
 
 Point = dict
 
@@ -86,12 +86,39 @@ def style_of(method: str) -> Style:
     return Style(FALLBACK_COLORS[zlib.crc32(method.encode("utf-8")) % len(FALLBACK_COLORS)])
 
 
-def plot_panels(panels: Sequence[tuple[str, Sequence[Point], dict]], path_stem: Path, split: str = "test",
+#: how invalid sweep points are drawn: grey crosses, outside every line
+INVALID_STYLE = {"marker": "x", "color": "0.6", "ms": 6, "ls": "none", "zorder": 2}
+
+
+def _x_of(p: Point, axis: str) -> dict | None:
+    """The aggregate a point is placed by on the x-axis (``utility`` or ``neutral_kl``)."""
+    agg = p.get("utility" if axis == "utility" else "neutral_kl")
+    return agg if isinstance(agg, dict) and agg.get("mean") is not None else None
+
+
+def panel_data(points: Sequence[Point], axis: str = "utility", split: str = "test") -> dict:
+    """What a sweep panel draws: valid points per method (lines), invalid points (greyed, marked,
+    never in a line), the x-axis, and the MC utility's chance level (x = utility only; the points'
+    ``utility_chance``, from the tasks' numbers of choices)."""
+    ps = [p for p in points if p["split"] == split and p["attribute"]["mean"] is not None and _x_of(p, axis)]
+    chance = [p["utility_chance"] for p in ps if isinstance(p.get("utility_chance"), (int, float))]
+    series: dict[str, list[Point]] = {}
+    for p in ps:
+        if p.get("valid") is not False:
+            series.setdefault(p["method"], []).append(p)
+    for m in series:
+        series[m].sort(key=lambda p: (json.dumps(p["params"], sort_keys=True), p["strength"]))
+    return {"axis": axis, "series": dict(sorted(series.items())), "invalid": [p for p in ps if p.get("valid") is False],
+            "chance": chance[0] if chance and axis == "utility" else None}
+
+
+def plot_panels(panels: Sequence[tuple], path_stem: Path, split: str = "test",
                 baseline: str = DEFAULT_BASELINE) -> list[Path]:
-    """Attribute vs utility, one panel per (title, points, track), each method drawn by its
-    :func:`style_of`: the baseline as a curve starting at the original model, Steer2Edit
-    configurations as stars, other methods as connected markers, the original model as a triangle;
-    error bars are bootstrap 95% CIs. Saves PNG and SVG."""
+    """Attribute vs x, one panel per (title, points, track[, x-axis: ``utility`` (default) or ``kl``]), each
+    method drawn by its :func:`style_of`: the baseline as a curve starting at the original model,
+    Steer2Edit configurations as stars, other methods as connected markers, the original model as
+    a triangle; invalid points as grey crosses; MC utility's chance level dashed; error bars are
+    bootstrap 95% CIs. On the KL axis lower is better, so it is drawn reversed. Saves PNG and SVG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -100,34 +127,42 @@ def plot_panels(panels: Sequence[tuple[str, Sequence[Point], dict]], path_stem: 
 
     sns.set_theme(style="whitegrid", context="paper")
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
-    for ax, (title, points, track) in zip(axes[0], panels):
-        ps = [p for p in points if p["split"] == split and p["attribute"]["mean"] is not None]
-        vary = varying_params(ps)
-        orig = [p for p in ps if is_reference(p["method"])]
-        for m in sorted({p["method"] for p in ps}):
-            mp = sorted((p for p in ps if p["method"] == m),
-                        key=lambda p: (json.dumps(p["params"], sort_keys=True), p["strength"]))
-            x = np.array([p["utility"]["mean"] for p in mp])
+    for ax, (title, points, track, *x_axis) in zip(axes[0], panels):
+        axis = x_axis[0] if x_axis else "utility"
+        data = panel_data(points, axis, split)
+        vary = varying_params([p for ps in data["series"].values() for p in ps])
+        orig = data["series"].get(REFERENCE, [])
+        for m, mp in data["series"].items():
+            x = np.array([_x_of(p, axis)["mean"] for p in mp])
             y = np.array([p["attribute"]["mean"] for p in mp])
-            xerr = np.abs(np.array([[p["utility"]["ci95"][0], p["utility"]["ci95"][1]] for p in mp]).T - x)
-            yerr = np.abs(np.array([[p["attribute"]["ci95"][0], p["attribute"]["ci95"][1]] for p in mp]).T - y)
+            xerr = np.abs(np.array([_x_of(p, axis)["ci95"] for p in mp], dtype=float).T - x)
+            yerr = np.abs(np.array([p["attribute"]["ci95"] for p in mp], dtype=float).T - y)
             st = style_of(m)
             fmt = st.fmt
             if st.curve and m == baseline:
                 fmt = BASELINE_MARKER + BASELINE_LINESTYLE
                 if orig:  # the baseline curve starts at the original model (strength 0)
-                    ax.plot([orig[0]["utility"]["mean"], x[0]], [orig[0]["attribute"]["mean"], y[0]], "-",
+                    ax.plot([_x_of(orig[0], axis)["mean"], x[0]], [orig[0]["attribute"]["mean"], y[0]], "-",
                             color=st.color, lw=1)
             label = plain(st.label or m)
             if st.count_configs and (vary.get(m) or len(mp) > 1):
                 label += f" ({len(mp)} configs)"
-            ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=fmt, color=st.color, ms=st.markersize, capsize=2,
-                        alpha=st.alpha, label=label, zorder=st.zorder)
+            ax.errorbar(x, y, xerr=np.nan_to_num(xerr), yerr=np.nan_to_num(yerr), fmt=fmt, color=st.color,
+                        ms=st.markersize, capsize=2, alpha=st.alpha, label=label, zorder=st.zorder)
             if st.annotate:
                 for p, xi, yi in zip(mp, x, y):
                     ax.annotate(f"{p['strength']:g}", (xi, yi), textcoords="offset points", xytext=(3, 3),
                                 fontsize=6)
-        ax.set_xlabel(f"utility ({split})")
+        if data["invalid"]:
+            ax.plot([_x_of(p, axis)["mean"] for p in data["invalid"]], [p["attribute"]["mean"] for p in data["invalid"]],
+                    label=f"invalid ({len(data['invalid'])}, excluded)", **INVALID_STYLE)
+        if data["chance"] is not None:
+            ax.axvline(data["chance"], ls="--", color="0.4", lw=1, label=f"chance ({data['chance']:.1f})")
+        if axis == "utility":
+            ax.set_xlabel(f"MC utility ({split})")
+        else:
+            ax.set_xlabel(f"neutral KL, nats ({split}; reversed: better →)")
+            ax.invert_xaxis()
         arrow = "↑" if track.get("higher_is_better", True) else "↓"
         ax.set_ylabel(plain(f"{track.get('attribute')} {arrow}"))
         ax.set_title(plain(title))
@@ -144,17 +179,24 @@ def sweep_figure(sw: Sweep, stem: Path, exclude: Collection[str] = ()) -> Path |
     """The sweep's test-split trade-off re-plotted by :func:`plot_panels` (PNG + SVG) from the points
     whose attribute and utility have CIs (points whose key is in ``exclude``, flagged by the
     report's health check, left out); None when there are none."""
+    axis = sweep_axis(sw.analysis)
+    xname = "utility" if axis == "utility" else "neutral_kl"
     pts = []
     for q in sw.points:
         if q.get("key") in exclude:
             continue
-        a, u = normalize_agg(q.get("attribute")), normalize_agg(q.get("utility"))
-        if q["split"] == "test" and a and u and None not in a["ci95"] + u["ci95"]:
-            pts.append({**q, "attribute": a, "utility": u})
+        a, x = normalize_agg(q.get("attribute")), normalize_agg(q.get(xname))
+        if q["split"] == "test" and a and x and None not in a["ci95"] + x["ci95"]:
+            pts.append({**q, "attribute": a, xname: x})
     if not pts:
         return None
     title = f"{sw.model_id} / {sw.benchmark}"
-    return plot_panels([(title, pts, sw.track)], stem, baseline=sw.baseline)[0]
+    return plot_panels([(title, pts, sw.track, axis)], stem, baseline=sw.baseline)[0]
+
+
+def sweep_axis(analysis: dict) -> str:
+    """The x-axis a sweep's analysis matched on (``utility`` for sweeps from before ``matched_axis``)."""
+    return "kl" if analysis.get("matched_axis") == "kl" else "utility"
 
 
 # (x, y) trade-off figures drawn when a group reports both metrics: edit success vs locality.

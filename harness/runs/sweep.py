@@ -3,7 +3,10 @@
 ``editbench sweep CONFIG.yaml`` writes into ``out``:
 * ``config.json``  - the resolved configuration;
 * ``points.jsonl`` - one line per (point, split): method, params, strength, attribute and utility
-  aggregates with bootstrap CIs, seconds; appended as points finish (a rerun resumes);
+  aggregates with bootstrap CIs (``utility``, per task, ``wikitext_ppl``, ``neutral_kl``,
+  ``utility_chance``), ``censored_share`` where the benchmark reports it, validity (``valid``,
+  ``invalid_reasons``, ``ppl_ratio``, see :mod:`editbench.evaluation.validity`), seconds; appended
+  as points finish (a rerun resumes; validity is re-derived under the config's current bounds);
 * ``items.jsonl``  - the per-item records every aggregate comes from (tagged with the point key);
 * ``summary.json`` + ``analysis.md`` + ``tradeoff.{png,svg}`` - see :mod:`editbench.evaluation.tradeoff`.
 Splits: every point is measured on ``val`` (operating points are chosen there) and on ``test``
@@ -19,14 +22,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from editbench.errors import ConfigError
-from editbench.evaluation.tradeoff import DEFAULT_BASELINE
+from editbench.evaluation.tradeoff import AXES, DEFAULT_BASELINE, DEFAULT_MAX_CENSORED_SHARE, DEFAULT_TARGET_HALFWIDTH
 from editbench.evaluation.utility import UtilityConfig, UtilitySuite
+from editbench.evaluation.validity import ValidityBounds, assess, revalidate
 from editbench.plugins import registry
 from editbench.runs.config import CommonConfig, MethodSpec, load_yaml, parse_methods
 from editbench.runs.provenance import code_version, versions
@@ -51,6 +56,10 @@ class SweepConfig(CommonConfig):
     utility_edits: int = 2  # knowledge-edit benchmarks: edits under which utility is measured
     baseline: str = DEFAULT_BASELINE  # matched-utility comparisons are against this method
     batch_size: int = 16
+    validity: ValidityBounds = field(default_factory=ValidityBounds)
+    matched_axis: str = "kl"  # x of fronts and matched gains: "kl" (-neutral_kl) or "utility" (MC accuracy)
+    max_censored_share: float = DEFAULT_MAX_CENSORED_SHARE  # above it a gain is "not decidable"
+    target_halfwidth: float = DEFAULT_TARGET_HALFWIDTH  # only for analysis.md's "n needed for ±h"
 
     @classmethod
     def from_dict(cls, d: Any) -> "SweepConfig":
@@ -70,6 +79,7 @@ class SweepConfig(CommonConfig):
             raise ConfigError(f"sweep config: 'utility' must be a mapping, got {util!r}")
         if not isinstance(d.get("benchmark_options") or {}, dict):
             raise ConfigError(f"sweep config: 'benchmark_options' must be a mapping, got {d['benchmark_options']!r}")
+        d["validity"] = ValidityBounds.from_dict(d.get("validity"))
         try:
             d["utility"] = UtilityConfig(**util)
             cfg = cls(**d)
@@ -90,6 +100,14 @@ class SweepConfig(CommonConfig):
                 raise ConfigError(f"sweep config: '{key}' must be an integer, got {v!r}")
         if self.utility_edits < 1:
             raise ConfigError("utility_edits must be >= 1")
+        self.validity.check()
+        if self.matched_axis not in AXES:
+            raise ConfigError(f"sweep config: 'matched_axis' must be one of {', '.join(AXES)}, got {self.matched_axis!r}")
+        for key, ok, need in (("max_censored_share", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+                              ("target_halfwidth", lambda v: v > 0, "a finite number > 0")):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
+                raise ConfigError(f"sweep config: '{key}' must be {need}, got {v!r}")
 
     @classmethod
     def load(cls, path: str | Path) -> "SweepConfig":
@@ -138,7 +156,7 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, wait: bool = False) -> di
 def _sweep(out: ResultDir, cfg: SweepConfig, lm, suite, track, planned: list, progress: bool) -> dict:
     from tqdm.auto import tqdm
 
-    from editbench.evaluation.tradeoff import analyze
+    from editbench.evaluation.tradeoff import analyze, item_values
 
     resolved = dataclasses.asdict(cfg)
     resolved["methods"] = [{"name": s.name, "params": p, "strengths": s.strengths} for s, p, _ in planned]
@@ -149,7 +167,8 @@ def _sweep(out: ResultDir, cfg: SweepConfig, lm, suite, track, planned: list, pr
     for name in (POINTS, ITEMS):  # a malformed file is refused before config.json is rewritten
         out.check_records(name, {"key": str, "split": str})
     out.check_or_write_config(resolved, RESULT_KEYS, PROVENANCE_KEYS)
-    done = {(r["key"], r["split"]) for r in out.load_records(POINTS, required={"key": str, "split": str})}
+    written = out.load_records(POINTS, required={"key": str, "split": str})
+    done = {(r["key"], r["split"]) for r in written}
     items = out.load_records(ITEMS, required={"key": str, "split": str})
     kept = [r for r in items if (r["key"], r["split"]) in done]
     if len(kept) < len(items):  # items of a point interrupted before its summary line: recomputed below
@@ -158,6 +177,8 @@ def _sweep(out: ResultDir, cfg: SweepConfig, lm, suite, track, planned: list, pr
     run_versions = versions()  # taken at start: the code that runs is the code at start
     code = code_version(run_versions)  # per point: resumes may span commits
     todo = [("unedited", {}, 0.0, None)] + [(s.name, p, st, m) for s, p, m in planned for st in s.strengths]
+    # the unedited point of each split (first in todo, or from an earlier invocation): validity's reference
+    refs = {r["split"]: r for r in written if r.get("method") == "unedited"}
     bar = tqdm(total=2 * len(todo), unit="point", disable=not progress, desc=f"sweep {cfg.benchmark}")
     try:  # the bar is closed before an interrupt's message is printed
         fitted_cache: dict[str, Any] = {}
@@ -182,6 +203,8 @@ def _sweep(out: ResultDir, cfg: SweepConfig, lm, suite, track, planned: list, pr
                          "method_class": "reference" if method is None else method.effective_class,
                          **a_agg, **suite.summarize(u_recs),
                          "seconds": {"fit": round(fit_s, 3), "eval": round(time.perf_counter() - t1, 3)}, "code": code}
+                refs.setdefault(split, point)
+                point.update(assess(point, refs[split], cfg.validity))
                 out.append(ITEMS, [{"key": key, "split": split, "kind": "attribute", **r} for r in a_recs] +
                            [{"key": key, "split": split, "kind": "utility", **r} for r in u_recs])
                 out.append(POINTS, [point])  # written last: a point counts as done only with its items
@@ -190,8 +213,15 @@ def _sweep(out: ResultDir, cfg: SweepConfig, lm, suite, track, planned: list, pr
     finally:
         bar.close()
     points = out.load_records(POINTS)
+    checked = revalidate(points, cfg.validity)  # bounds may have changed since a point was written
+    if checked != points:
+        out.rewrite(POINTS, checked)
+        points = checked
+    items = item_values(out.load_records(ITEMS))
     summary = {"config": resolved, "versions": run_versions, "model": lm.provenance(), "data": data,
-               "analysis": analyze(points, resolved["track"], baseline=cfg.baseline)}
+               "analysis": analyze(points, resolved["track"], baseline=cfg.baseline, matched_axis=cfg.matched_axis,
+                                   items=items, max_censored_share=cfg.max_censored_share,
+                                   target_halfwidth=cfg.target_halfwidth)}
     summary = out.write_summary(summary, "sweep")
     write_analysis(out.path, summary, points)
     return summary
@@ -212,9 +242,9 @@ def _hashes(data: Any) -> dict:
 def write_analysis(out_dir: Path, summary: dict, points: list[dict]) -> None:
     """analysis.md and the trade-off figure (tradeoff.png/.svg) of a finished sweep."""
     from editbench.evaluation.tradeoff import format_analysis
-    from editbench.report.plotting import plot_panels
+    from editbench.report.plotting import plot_panels, sweep_axis
 
     (out_dir / "analysis.md").write_text(format_analysis(summary, points), encoding="utf-8")
     title = f"{summary['config']['model']} / {summary['config']['benchmark']}"
-    plot_panels([(title, points, summary["config"]["track"])], out_dir / "tradeoff",
+    plot_panels([(title, points, summary["config"]["track"], sweep_axis(summary["analysis"]))], out_dir / "tradeoff",
                 baseline=summary["analysis"]["baseline"])

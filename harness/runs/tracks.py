@@ -63,6 +63,9 @@ class AttributeTrack:
         agg = {"attribute": M.aggregate([r["value"] for r in recs], scale=self.bench.scale)}
         for m in self.bench.extra_metrics:
             agg[m] = M.aggregate([r[m] for r in recs])
+        known = [bool(r["censored"]) for r in recs if r.get("censored") is not None]
+        if known:  # a benchmark whose responses can hit a token budget says which did (absent: unknown)
+            agg["censored_share"] = sum(known) / len(known)
         return recs, agg
 
     def utility_contexts(self, fitted, strength: float, split: str):

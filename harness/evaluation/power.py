@@ -1,0 +1,60 @@
+"""How sure a sweep's comparisons are [ours]: paired bootstrap CIs of gains, and the sample size a
+target CI half-width needs.
+
+Every point of a split is measured on the same held-out items, so a gain (a method point's
+attribute minus a weighted combination of baseline points' attributes, the matched-utility
+interpolation) is a mean of per-item differences ``d_i = v_method,i - sum_k w_k v_k,i``.
+Bootstrapping ``d`` resamples item indices jointly for all points involved (a paired bootstrap):
+the CI is much narrower than one built from the points' separate CIs when the points agree on most
+items, which is the common case for nearby strengths.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+from editbench.evaluation import metrics as M
+
+#: two-sided 95% normal quantile
+Z95 = 1.959963984540054
+
+
+def paired_gain(terms: Sequence[tuple[float, Mapping[Any, float]]], scale: float) -> dict | None:
+    """``sum_k w_k * mean(values_k)`` over the items every term has (``terms``: (w_k, {item id:
+    value})), with the percentile bootstrap CI of :func:`editbench.evaluation.metrics.aggregate`
+    over the per-item differences; ``no_detectable_difference`` when the CI contains 0. None when
+    no item is shared."""
+    shared = set.intersection(*(set(vals) for _, vals in terms)) if terms else set()
+    ids = sorted(shared, key=str)
+    diffs = [sum(w * vals[i] for w, vals in terms) for i in ids]
+    agg = M.aggregate(diffs, scale=scale)
+    if agg["mean"] is None:
+        return None
+    lo, hi = agg["ci95"]
+    return {"mean": agg["mean"], "ci95": [lo, hi], "n": agg["n"], "no_detectable_difference": bool(lo <= 0 <= hi)}
+
+
+def n_for_halfwidth(halfwidth: float, sd: float) -> int:
+    """Items needed for a 95% CI of half-width ``halfwidth`` on a mean whose per-item standard
+    deviation is ``sd`` (normal approximation: n = z^2 sd^2 / h^2, rounded up)."""
+    return max(1, math.ceil((Z95 * sd / halfwidth) ** 2 - 1e-9))
+
+
+def power_statement(halfwidth: float, scale: float, n_used: int, unedited_values: Sequence[float]) -> dict:
+    """The sample size a split needs for ±``halfwidth`` (attribute units): for a proportion
+    (``scale`` 100) the worst case p = 0.5 (sd = 50 points), otherwise the unedited model's
+    per-item standard deviation on the split."""
+    if scale == 100.0:
+        sd, basis = 50.0, "a proportion at p = 0.5"
+    else:
+        vals = [float(v) * scale for v in unedited_values if v is not None and math.isfinite(v)]
+        if len(vals) < 2:
+            return {"halfwidth": halfwidth, "n_used": n_used, "n_needed": None,
+                    "basis": "no per-item spread of the unedited model to size from"}
+        mean = sum(vals) / len(vals)
+        sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+        basis = f"the unedited model's per-item sd {sd:.3g}"
+        if sd == 0:
+            return {"halfwidth": halfwidth, "n_used": n_used, "n_needed": 1, "basis": basis}
+    return {"halfwidth": halfwidth, "n_used": n_used, "n_needed": n_for_halfwidth(halfwidth, sd), "basis": basis}
