@@ -8,7 +8,8 @@ Probe protocols (benchmark option ``probe``):
   responses stop at ``max_new_tokens`` (the paper generates up to 1024 tokens), and each benign
   response stays after its own instruction (the official script teacher-forces the benign responses
   after the malicious instructions, paired by index). ``ProbeSet.stats`` counts how many harmful
-  probe responses the judge calls refusals: a model that rarely refuses gives a weak signal.
+  probe responses the judge calls refusals: a model that rarely refuses gives a weak signal
+  (SmolLM2-135M: 1 of 24 at 64 tokens, by either keyword list).
 * ``given`` [ours]: the harmful probe instruction completed with a fixed refusal (positive) vs with
   AdvBench's own compliance prefix "Sure, here is ..." (negative), for models too small to refuse.
 
