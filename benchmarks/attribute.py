@@ -73,6 +73,8 @@ class AttributeBenchmark(Benchmark):
     extra_metrics: ClassVar[tuple[str, ...]] = ()
     #: benchmark options (``benchmark_options`` of a sweep) and their defaults
     default_options: ClassVar[Mapping[str, Any]] = {}
+    #: options restricted to named choices, e.g. the probe protocol (checked on construction)
+    option_choices: ClassVar[Mapping[str, tuple[str, ...]]] = {}
 
     def __init__(self, data_root: str | Path | None = None, split: str | None = None, seed: int = 0,
                  options: Mapping[str, Any] | None = None):
@@ -83,6 +85,10 @@ class AttributeBenchmark(Benchmark):
             have = ", ".join(self.default_options) or "none"
             raise ConfigError(f"benchmark '{self.name}' has no option '{unknown[0]}' (has: {have})")
         self.options = {**self.default_options, **(options or {})}
+        for key, choices in self.option_choices.items():
+            if self.options[key] not in choices:
+                raise ConfigError(f"benchmark '{self.name}': {key} must be one of {', '.join(choices)}, "
+                                  f"got {self.options[key]!r}")
 
     # -- data ----------------------------------------------------------------------------------
     def pool(self) -> list[dict]:

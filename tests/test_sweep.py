@@ -48,14 +48,14 @@ def test_benchmark_splits_never_overlap(cls):
 
 def test_safety_probe_modes_and_bad_options():
     lm = tiny("tiny-llama")
-    given = Safety(seed=0).probe_set(lm, limit=5)
+    given = Safety(seed=0, options={"probe": "given"}).probe_set(lm, limit=5)
     assert len(given.positives) == len(given.negatives) == 5
     assert given.positives[0].prompt == given.negatives[0].prompt  # same instruction, refusal vs compliance
     assert given.negatives[0].response.startswith("Sure, here is")
     with pytest.raises(ConfigError, match="probe must be"):
         Safety(options={"probe": "nope"})
     with pytest.raises(ConfigError, match="no option"):
-        Safety(options={"temperature": 1})
+        Safety(options={"temperatur": 1})
     with pytest.raises(ConfigError, match="unknown judge"):
         Safety(options={"judge": "gpt4"})
 
@@ -188,7 +188,8 @@ def _sweep_yaml(tmp_path, benchmark, methods, **extra):
 
 def test_sweep_end_to_end_resume_and_figures(tmp_path, capsys):
     cfg = _sweep_yaml(tmp_path, "truthfulqa", [{"name": "steering", "strengths": [0.5, 2]},
-                                               {"name": "steer2edit", "grid": {"alpha": [0.3, 0.6]}}])
+                                               {"name": "steer2edit", "grid": {"alpha": [0.3, 0.6]}}],
+                      benchmark_options={"probe": "dataset"})  # a random model's own answers match nothing
     assert main(["sweep", str(cfg), "--quiet"]) == 0
     out = tmp_path / "sweep"
     points = [json.loads(l) for l in (out / "points.jsonl").read_text().splitlines()]

@@ -44,7 +44,7 @@ import logging
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -74,10 +74,12 @@ class ProbeExample:
 
 @dataclass
 class ProbeSet:
-    """Positive (wanted behaviour) and negative (unwanted behaviour) probe examples."""
+    """Positive (wanted behaviour) and negative (unwanted behaviour) probe examples; ``stats`` holds
+    how a protocol built them (counts labelled or dropped, length cut-offs), for logs and checks."""
 
     positives: list[ProbeExample]
     negatives: list[ProbeExample]
+    stats: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_responses(cls, positives: Iterable[tuple[str, str]], negatives: Iterable[tuple[str, str]]) -> "ProbeSet":
@@ -97,16 +99,21 @@ class ProbeSet:
 
 def generate_probe_examples(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int = 64,
                             batch_size: int = 16) -> list[ProbeExample]:
-    """Greedy responses of the model itself. Prompts whose response is empty (immediate EOS) are
-    dropped with a warning: they have no position to average over. The decoded text is
-    re-tokenised for extraction, which can split a few tokens differently from generation."""
+    """Greedy responses of the model itself (see :func:`probe_examples` for empty ones)."""
     texts = generate(lm, list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return probe_examples(lm.tokenizer, zip(prompts, texts))
+
+
+def probe_examples(tokenizer, pairs: Iterable[tuple[str, str]]) -> list[ProbeExample]:
+    """(prompt, response) pairs as probe examples. Pairs whose response is empty (e.g. an immediate
+    EOS) are dropped with a warning: they have no position to average over. A generated response is
+    re-tokenised from its decoded text, which can split a few tokens differently from generation."""
     out = []
-    for p, t in zip(prompts, texts):
-        if lm.tokenizer(t, add_special_tokens=False)["input_ids"]:
+    for p, t in pairs:
+        if tokenizer(t, add_special_tokens=False)["input_ids"]:
             out.append(ProbeExample(p, t))
         else:
-            log.warning("dropping probe prompt with an empty generated response: %r", p[:80])
+            log.warning("dropping probe prompt with an empty response: %r", p[:80])
     return out
 
 
