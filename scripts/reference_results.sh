@@ -3,7 +3,7 @@
 # split; SPLIT=rome500 for the ROME-format split). Every run measures the scope tests and model
 # health (on by default). Each run directory is resumable; delete it to recompute from scratch.
 # Usage: [MODEL=smollm2-135m|gemma3-270m] [SPLIT=edit|rome500] [LIMIT=100] bash scripts/reference_results.sh [EDITBENCH_BIN]
-#   (2-core CPU, one thread per model: SmolLM2 edit about 60 min, Gemma-3-270M edit about 90 min)
+#   (2-core CPU, one thread per model: SmolLM2 edit about 2.5 h, Gemma-3-270M edit about 4 h)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EB=${1:-.venv/bin/editbench}
@@ -23,10 +23,10 @@ esac
 run unedited        --method unedited
 run mega            --method mega           --strengths 1
 run mega-nogate     --method mega           --strengths 1 --param gate=off   # the gate ablation
+run rome            --method rome
+run grace           --method grace
+run memit           --method memit
 run steering-gated  --method steering-gated --strengths $STEER               # the gate, without MEGA's vectors
 run steering        --method steering       --strengths $STEER
-run rome            --method rome
-run memit           --method memit
-run grace           --method grace
 run ft              --method ft
 run steer2edit      --method steer2edit     "${S2E[@]}"

@@ -179,7 +179,8 @@ def test_sweep_config_errors(tmp_path):
 
 def _sweep_yaml(tmp_path, benchmark, methods, **extra):
     cfg = {"model": "tiny-llama", "benchmark": benchmark, "out": str(tmp_path / "sweep"), "limit": 4, "probe_limit": 4,
-           "utility": {"tasks": ["arc_easy"], "limit": 3, "wikitext_windows": 1, "window": 16},
+           "utility": {"tasks": ["arc_easy"], "limit": 3, "wikitext_windows": 1, "window": 16, "neutral": 2,
+                       "max_new_tokens": 8},
            "methods": methods, **extra}
     p = tmp_path / "sweep.yaml"
     p.write_text(yaml.safe_dump(cfg))
