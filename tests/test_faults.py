@@ -144,7 +144,9 @@ KILL_RUN = ("--method", "steering", "--strengths", "1,2", "--limit", "12", "--ch
 def sweep_yaml(path: Path, out: Path, **extra) -> Path:
     cfg = {"model": "tiny-llama", "benchmark": "truthfulqa", "out": str(out), "limit": 4, "probe_limit": 4,
            "data_root": str(resolve_data_root()),
-           "utility": {"tasks": ["arc_easy"], "limit": 3, "wikitext_windows": 1, "window": 16},
+           "benchmark_options": {"probe": "dataset"},  # a random model's own answers match no reference answer
+           "utility": {"tasks": ["arc_easy"], "limit": 3, "wikitext_windows": 1, "window": 16, "neutral": 2,
+                       "max_new_tokens": 8},
            "methods": [{"name": "steering", "strengths": [0.5, 2]}], **extra}
     path.write_text(yaml.safe_dump(cfg))
     return path

@@ -379,7 +379,9 @@ def test_report_sweep_bad_input(tmp_path, capsys):
 
 def test_report_on_a_real_sweep(tmp_path, capsys):
     cfg = {"model": "tiny-llama", "benchmark": "truthfulqa", "out": str(tmp_path / "sweep"), "limit": 4,
-           "probe_limit": 4, "utility": {"tasks": ["arc_easy"], "limit": 3, "wikitext_windows": 1, "window": 16},
+           "probe_limit": 4, "benchmark_options": {"probe": "dataset"},
+           "utility": {"tasks": ["arc_easy"], "limit": 3, "wikitext_windows": 1, "window": 16, "neutral": 2,
+                       "max_new_tokens": 8},
            "methods": [{"name": "steering", "strengths": [0.5, 2]},
                        {"name": "steer2edit", "grid": {"alpha": [0.3, 0.6]}}],
            "matched_axis": "utility"}  # on a tiny random model the steer2edit points' KL lies outside steering's

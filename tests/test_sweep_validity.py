@@ -183,6 +183,7 @@ def torch_close(a, b) -> bool:
 
 def _yaml(tmp_path, **extra):
     cfg = {"model": "tiny-llama", "benchmark": "truthfulqa", "out": str(tmp_path / "sweep"), "limit": 4, "probe_limit": 4,
+           "benchmark_options": {"probe": "dataset"},  # a random model's own answers match no reference answer
            "utility": {"tasks": ["arc_easy"], "limit": 3, "wikitext_windows": 1, "window": 16, "neutral": 2,
                        "max_new_tokens": 8},
            "methods": [{"name": "steering", "strengths": [0.5, 1e4]}, {"name": "steering-layer", "strengths": [0.5, 1e4]}],
