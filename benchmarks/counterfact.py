@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
-import string
 from dataclasses import dataclass
 from pathlib import Path
 
-from editbench.data import sha256_file
+from editbench.data import check_placeholders, sha256_file
 from editbench.errors import ConfigError, DataError
 from editbench.requests import EditCase, EditRequest
 
@@ -92,16 +91,7 @@ def parse_rome(rec: dict, where: str) -> EditCase:
 
 def _check_template(template: str, where: str) -> None:
     """A relation template holds exactly the subject placeholder ``{}`` (nothing else in braces)."""
-    try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-    except ValueError as e:
-        raise DataError(f"{where}: requested_rewrite.prompt {template!r} is not a valid template ({e})") from None
-    unknown = [f for f in fields if f != ""]
-    if unknown:
-        raise DataError(f"{where}: requested_rewrite.prompt {template!r} has an unknown placeholder "
-                        f"'{{{unknown[0]}}}' (only '{{}}', the subject, is allowed)")
-    if not fields:
-        raise DataError(f"{where}: requested_rewrite.prompt has no '{{}}' subject placeholder")
+    check_placeholders(template, "", f"{where}: requested_rewrite.prompt (the subject is '{{}}')")
 
 
 def load_counterfact_file(path: str | Path, limit: int | None = None) -> list[EditCase]:

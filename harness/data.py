@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import string
 from functools import lru_cache
 from pathlib import Path
 
@@ -58,3 +59,18 @@ def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
 def sha256_file(path: str | os.PathLike) -> str:
     st = os.stat(path)
     return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+def check_placeholders(template: str, name: str, what: str, error: type[Exception] = DataError) -> None:
+    """``template`` must hold the placeholder ``{name}`` (``name`` "" for a positional ``{}``) and no
+    other; ``error(...)`` otherwise, its message starting with ``what``."""
+    shown = "{" + name + "}"
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        raise error(f"{what} {template!r} is not a valid template ({e})") from None
+    unknown = [f for f in fields if f != name]
+    if unknown:
+        raise error(f"{what} {template!r} has an unknown placeholder '{{{unknown[0]}}}' (only '{shown}' is allowed)")
+    if not fields:
+        raise error(f"{what} {template!r} has no '{shown}' placeholder")

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import math
-import string
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from editbench.data import data_file, resolve_data_root
+from editbench.data import check_placeholders, data_file, resolve_data_root
 from editbench.errors import ConfigError, DataError
 from editbench.evaluation import metrics as M
 from editbench.modeling.interventions import Intervention, NoIntervention
@@ -82,16 +81,7 @@ def check_subject_templates(templates: Sequence[str]) -> tuple[str, ...]:
     for t in templates:
         if not isinstance(t, str) or not t.strip():
             raise ConfigError(f"subject probe template must be a non-empty string, got {t!r}")
-        try:
-            fields = [f for _, f, _, _ in string.Formatter().parse(t) if f is not None]
-        except ValueError as e:
-            raise ConfigError(f"subject probe template {t!r} is not a valid template ({e})") from None
-        unknown = [f for f in fields if f != "subject"]
-        if unknown:
-            raise ConfigError(f"subject probe template {t!r} has an unknown placeholder '{{{unknown[0]}}}' "
-                              "(only '{subject}' is allowed)")
-        if not fields:
-            raise ConfigError(f"subject probe template {t!r} has no '{{subject}}' placeholder")
+        check_placeholders(t, "subject", "subject probe template", ConfigError)
         out.append(t)
     if not out:
         raise ConfigError("at least one subject probe template is needed")
