@@ -43,7 +43,7 @@ from editbench.data import check_placeholders, data_file, resolve_data_root
 from editbench.errors import ConfigError, DataError
 from editbench.evaluation import metrics as M
 from editbench.modeling.interventions import Intervention, NoIntervention
-from editbench.modeling.scoring import encode_target, generate, kl_divergence, window_logprobs
+from editbench.modeling.scoring import RowsContext, encode_target, generate, kl_divergence, window_logprobs
 from editbench.requests import EditCase
 
 log = logging.getLogger(__name__)
@@ -186,7 +186,7 @@ def run_under(lm, ivs: Sequence[Intervention], strength: float, items: Sequence[
             flat += list(items[c])
             owner += [c] * len(items[c])
         row_iv = [(ivs[c], strength) for c in owner]
-        res = list(fn(flat, lambda b, cls=cls: cls.apply_rows(lm, [row_iv[i] for i in b.indices], b)))
+        res = list(fn(flat, RowsContext(lambda b, cls=cls: cls.apply_rows(lm, [row_iv[i] for i in b.indices], b), owner)))
         k = 0
         for c in cs:
             out[c] = res[k:k + len(items[c])]
