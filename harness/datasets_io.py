@@ -185,19 +185,64 @@ def load_local(path: str | os.PathLike, fmt: str | None = None, *, by: str = "li
         if by not in ("line", "document"):
             raise ValueError(f"text sampling must be 'line' or 'document', got {by!r}")
         kwargs = {"sample_by": by}
+    key = _file_key(path, builder, by)
+    ds = _LOADED.get(key)
+    if ds is None:
+        ds = _load_file(path, builder, kwargs)
+        if ds is None:  # an empty file: zero records
+            return Records([], str(path), path=path)
+        _LOADED[key] = ds
+        while len(_LOADED) > _LOADED_MAX:
+            _LOADED.pop(next(iter(_LOADED)))
+    rows = ds.to_list()  # fresh Python objects on every call: callers may keep or change them
+    _refuse_json_encoded_scalars(ds.features, rows, str(path))
+    if _has_nulls(ds.data.table):
+        rows = [_drop_none(r) for r in rows]
+    return Records(rows, str(path), path=path)
+
+
+#: loaded files (in-memory Arrow tables) by path, size, modification time and inode: a file read
+#: twice in one process (a CounterFact split is also read by the subject index) is parsed once
+_LOADED: dict[tuple, Any] = {}
+_LOADED_MAX = 32
+
+
+def _file_key(path: Path, builder: str, by: str) -> tuple:
+    st = path.stat()
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, builder, by)
+
+
+def _load_file(path: Path, builder: str, kwargs: dict) -> Any:
+    """The file as an in-memory ``datasets.Dataset`` (its throwaway Arrow cache removed), or None
+    when it holds no records."""
     import datasets
 
     with _quiet(), tempfile.TemporaryDirectory(prefix="editbench-datasets-") as cache:
         try:
-            ds = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache,
-                                       keep_in_memory=True, **kwargs)
-            rows = ds.to_list()
+            return datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache,
+                                         keep_in_memory=True, **kwargs)
         except Exception as e:  # noqa: BLE001 - datasets raises many types; the diagnosis names the problem
             if _is_empty(path, builder):
-                return Records([], str(path), path=path)
+                return None
             raise DataError(_diagnose(path, builder, e)) from None
-    _refuse_json_encoded_scalars(ds.features, rows, str(path))
-    return Records([_drop_none(r) for r in rows], str(path), path=path)
+
+
+def _has_nulls(table: Any) -> bool:
+    """Whether any value at any depth is null (only then can a row hold a key ``datasets`` filled)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    def walk(arr: Any) -> bool:
+        if arr.null_count:
+            return True
+        t = arr.type
+        if pa.types.is_struct(t):
+            return any(walk(arr.field(i)) for i in range(t.num_fields))
+        if pa.types.is_list(t) or pa.types.is_large_list(t):
+            return walk(pc.list_flatten(arr))
+        return False
+
+    return any(walk(chunk) for col in table.columns for chunk in col.chunks)
 
 
 def _check_array_start(path: Path) -> None:
