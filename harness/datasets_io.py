@@ -245,6 +245,19 @@ def _has_nulls(table: Any) -> bool:
     return any(walk(chunk) for col in table.columns for chunk in col.chunks)
 
 
+def jsonl_line(path: str | os.PathLike, index: int) -> int:
+    """The 1-based line number of the ``index``-th record of a JSON-lines file (blank lines hold no
+    record), for error lines that name the line as the file shows it."""
+    seen = -1
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                seen += 1
+                if seen == index:
+                    return number
+    return index + 1
+
+
 def _check_array_start(path: Path) -> None:
     """A ``.json`` data file holds an array: ``datasets`` would read a lone object as one row."""
     with open(path, "rb") as f:
@@ -363,16 +376,16 @@ def _at(value: Any, field_path: list) -> Iterator[Any]:
 
 
 @contextlib.contextmanager
-def _quiet(progress: bool = False) -> Iterator[None]:
-    """No progress bars (local files) and no log lines from ``datasets``: a failure becomes one
-    :class:`DataError` line, a success prints nothing. The previous settings are restored."""
+def _quiet() -> Iterator[None]:
+    """No progress bars and no log lines from ``datasets`` (the run's own progress bar is the one
+    that matters): a failure becomes one :class:`DataError` line, a success prints nothing. The
+    previous settings are restored."""
     import pandas as pd
     from datasets.utils import logging as dlog
     from datasets.utils.tqdm import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
     bars_off, level = are_progress_bars_disabled(), dlog.get_verbosity()
-    if not progress:
-        disable_progress_bars()
+    disable_progress_bars()
     dlog.set_verbosity(dlog.CRITICAL + 1)
     try:
         with warnings.catch_warnings():
@@ -409,7 +422,7 @@ def load_hub(src: HubSource) -> Records:
         except Exception as e:  # noqa: BLE001 - connection, not found, gated: one line each
             raise DataError(_hub_error(src, e)) from None
     try:
-        with _quiet(progress=True):
+        with _quiet():
             builder = datasets.load_dataset_builder(src.id, src.name, revision=commit)
             builder.download_and_prepare()
             available = list(builder.info.splits or {})
@@ -432,13 +445,16 @@ def load_hub(src: HubSource) -> Records:
 
 def _hub_error(src: HubSource, err: BaseException) -> str:
     names = {type(e).__name__ for e in _chain(err)}
-    reason = _first_line(err)
+    if type(err).__name__ == "DatasetGenerationError":  # a wrapper: the parser's own error says what is wrong
+        reason = _first_line(err)
+    else:  # the outermost error says what failed in the user's terms
+        text = str(err).strip()
+        reason = f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
     if names & {"RepositoryNotFoundError", "DatasetNotFoundError", "GatedRepoError", "RevisionNotFoundError"}:
         return f"could not load dataset '{src}' from the Hugging Face hub: {reason} (private or gated: log in with `hf auth login`)"
-    offline = names & {"ConnectError", "ConnectTimeout", "TimeoutException", "ReadTimeout", "ConnectionError",
-                       "OfflineModeIsEnabled", "LocalEntryNotFoundError", "NetworkError"}
-    if offline or hub_offline():
-        hint = ("no copy in the cache" if hub_offline()
+    if names & {"ConnectError", "ConnectTimeout", "TimeoutException", "ReadTimeout", "ConnectionError",
+                "OfflineModeIsEnabled", "LocalEntryNotFoundError", "NetworkError"}:
+        hint = ("HF_HUB_OFFLINE is set and no copy is cached" if hub_offline()
                 else "with HF_HUB_OFFLINE=1 a copy cached earlier is used")
         return f"could not load dataset '{src}' from the Hugging Face hub (offline?): {reason}; {hint}"
     return f"could not load dataset '{src}' from the Hugging Face hub: {reason}"
