@@ -25,7 +25,8 @@ def _run_plan(a: argparse.Namespace) -> list[tuple[dict, Any]]:
         raise EditbenchError("--out must not be empty (leave it out for the default directory)")
     common = dict(model=a.model, benchmark=a.benchmark, split=a.split, limit=a.limit, seed=a.seed,
                   batch_size=a.batch_size, chunk_size=a.chunk_size, device=a.device, dtype=a.dtype,
-                  generation=a.generation, max_new_tokens=a.max_new_tokens, data_root=a.data_root)
+                  generation=a.generation, max_new_tokens=a.max_new_tokens, data_root=a.data_root,
+                  dataset=a.dataset)
     if a.config:
         if a.param or a.grid or a.method != "unedited":
             raise EditbenchError("--config gives the methods; do not combine it with --method, --param or --grid")
@@ -187,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "generation prompt); the scope/health metrics, short-generation fluency included, always run")
     r.add_argument("--max-new-tokens", type=int, default=64, help="token budget of --generation (default 64)")
     r.add_argument("--data-root", default=None, help="data bundle root (default $EDITBENCH_DATA or ../shared/data)")
+    r.add_argument("--dataset", default=None, metavar="hub:OWNER/NAME[@REV][?split=S]",
+                   help="read the cases from a Hugging Face hub dataset instead of the data root's split file "
+                        "(counterfact: EasyEdit or ROME columns; the split is the hub split, default train)")
     r.add_argument("--config", default=None, metavar="FILE.yaml",
                    help="run every entry of a config's methods: list (the sweep's shape: name, params, grid, strengths)")
     r.add_argument("--wait", action="store_true", help="wait for another process writing the same --out")

@@ -22,7 +22,6 @@ model that guesses (mean over items of 1/number of choices, per task, then over 
 
 from __future__ import annotations
 
-import json
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ import torch
 
 from editbench.evaluation import metrics as M
 from editbench.data import data_file, sha256_file
+from editbench.datasets_io import jsonl_line, load_local
 from editbench.errors import ConfigError, DataError
 from editbench.evaluation.scope import NEUTRAL_TEXT, neutral_windows
 from editbench.modeling.scoring import encode_prompt, generate, score_choices, window_logprobs
@@ -73,23 +73,22 @@ class UtilityConfig:
 
 
 def _mc_rows(task: str, path) -> list[dict]:
+    """The task's items from its JSON-lines file (read through ``datasets``); a bad record is one
+    error line naming the file and its line."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-                if task == "csqa":
-                    labels, texts = r["choices"]["label"], r["choices"]["text"]
-                    out.append({"prompt": f"Question: {r['question'].strip()}\nAnswer:", "choices": list(texts),
-                                "gold": labels.index(r["answerKey"])})
-                else:
-                    query = r["query"].rstrip("\n")
-                    out.append({"prompt": f"{query}\nAnswer:", "choices": list(r["choices"]), "gold": int(r["gold"])})
-                assert 0 <= out[-1]["gold"] < len(out[-1]["choices"]) and all(c.strip() for c in out[-1]["choices"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError, AssertionError):
-                raise DataError(f"{path}: line {i} is not a valid {task} record") from None
+    records = load_local(path)
+    for k, r in enumerate(records):
+        try:
+            if task == "csqa":
+                labels, texts = r["choices"]["label"], r["choices"]["text"]
+                out.append({"prompt": f"Question: {r['question'].strip()}\nAnswer:", "choices": list(texts),
+                            "gold": labels.index(r["answerKey"])})
+            else:
+                query = r["query"].rstrip("\n")
+                out.append({"prompt": f"{query}\nAnswer:", "choices": list(r["choices"]), "gold": int(r["gold"])})
+            assert 0 <= out[-1]["gold"] < len(out[-1]["choices"]) and all(c.strip() for c in out[-1]["choices"])
+        except (KeyError, TypeError, ValueError, AttributeError, AssertionError):
+            raise DataError(f"{path}: line {jsonl_line(path, k)} is not a valid {task} record") from None
     return out
 
 
@@ -133,11 +132,10 @@ class UtilitySuite:
         key = ("wikitext", split, self.cfg.window)
         if key not in self._cache:
             path = data_file(WIKITEXT, self.data_root)
-            try:
-                rows = json.loads(path.read_text(encoding="utf-8"))
-                text = "\n\n".join(rows)
-            except (json.JSONDecodeError, TypeError):
-                raise DataError(f"{path}: expected a JSON array of strings") from None
+            records = load_local(path)  # an array of strings: one {"text": row} per row
+            if not all(set(r) == {"text"} and isinstance(r["text"], str) for r in records):
+                raise DataError(f"{path}: expected a JSON array of strings")
+            text = "\n\n".join(r["text"] for r in records)
             ids = lm.tokenizer(text[: 400 * self.cfg.window * self.cfg.wikitext_windows], add_special_tokens=False)["input_ids"]
             W = self.cfg.window
             wins = [ids[i:i + W] for i in range(0, len(ids) - W + 1, W)]
@@ -191,7 +189,7 @@ class UtilitySuite:
         from editbench.benchmarks.attribute import format_instruction
 
         path = data_file(ALPACA, self.data_root)
-        rows = [r["instruction"] for r in json.loads(path.read_text(encoding="utf-8"))[FLUENCY_OFFSET:]]
+        rows = [r["instruction"] for r in load_local(path)[FLUENCY_OFFSET:]]
         idx = _halves(len(rows), self.cfg.seed)[split][:n]
         return idx, [format_instruction(lm.tokenizer, rows[i]) for i in idx]
 
