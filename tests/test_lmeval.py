@@ -184,6 +184,16 @@ def test_sweep_with_lmeval_backend_end_to_end(short_arc_root, tmp_path, capsys):
     lls = {p["method"]: [r["lls"] for r in items if r["key"] == p["key"] and r["split"] == "val"
                          and r.get("task") == "arc_easy_local"] for p in points if p["split"] == "val"}
     assert lls["steering"] != lls["unedited"]
+    # --utility-backend on a built-in config names the same sweep: it resumes with nothing to do;
+    # the built-in backend on this directory is refused (different utility protocol)
+    builtin = dict(cfg, utility={**cfg["utility"], "tasks": ["arc_easy"]})
+    del builtin["utility"]["backend"]
+    path.write_text(yaml.safe_dump(builtin))
+    assert main(["sweep", str(path), "--quiet", "--utility-backend", "lm-eval"]) == 0
+    assert len((out / "items.jsonl").read_text().splitlines()) == len(items)
+    capsys.readouterr()
+    assert main(["sweep", str(path), "--quiet"]) == 2
+    assert "holds results of a different utility" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -209,7 +209,6 @@ class LmEvalSuite(UtilitySuite):
             except Exception as e:  # datasets/hub/Jinja errors of many kinds: one line naming the tasks
                 raise DataError(f"lm-eval could not load task(s) {', '.join(config.tasks)} ({_first_line(e)}); "
                                 f"offline, use the local tasks ({', '.join(local)})") from None
-        self._loaded = loaded
         self._tasks = loaded["tasks"]  # leaf task name -> lm-eval Task
         self._local = {name: local[name] for name in wanted}
         self._headline: dict[str, str] = {}
