@@ -124,6 +124,11 @@ def _cmd_sweep(a: argparse.Namespace) -> int:
     if a.limit is not None:
         cfg.limit = a.limit
         cfg.validate()
+    if a.utility_backend is not None or a.utility_tasks is not None:
+        from editbench.evaluation.utility import with_backend
+
+        tasks = None if a.utility_tasks is None else [t.strip() for t in a.utility_tasks.split(",")]
+        cfg.utility = with_backend(cfg.utility, a.utility_backend, tasks)
     summary = run_sweep(cfg, progress=not a.quiet, wait=a.wait)
     points = load_summary(cfg.out, expect="sweep").points()
     print(format_analysis(summary, points))
@@ -217,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("config")
     sw.add_argument("--out", default=None, help="override the config's output directory")
     sw.add_argument("--limit", type=int, default=None, help="override the config's held-out items per split")
+    sw.add_argument("--utility-backend", default=None, help="override the config's utility backend: builtin | "
+                    "lm-eval (built-in tasks become their local lm-eval tasks, arc_easy -> arc_easy_local, ...)")
+    sw.add_argument("--utility-tasks", default=None, help="override the utility tasks (comma-separated names)")
     sw.add_argument("--wait", action="store_true", help="wait for another process writing the same sweep directory")
     sw.add_argument("--quiet", action="store_true")
     sw.set_defaults(func=_cmd_sweep)

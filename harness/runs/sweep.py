@@ -30,7 +30,7 @@ from typing import Any
 
 from editbench.errors import ConfigError
 from editbench.evaluation.tradeoff import AXES, DEFAULT_BASELINE, DEFAULT_MAX_CENSORED_SHARE, DEFAULT_TARGET_HALFWIDTH
-from editbench.evaluation.utility import UtilityConfig, UtilitySuite
+from editbench.evaluation.utility import UtilityConfig, utility_config
 from editbench.evaluation.validity import ValidityBounds, assess, revalidate
 from editbench.plugins import registry
 from editbench.runs.config import CommonConfig, MethodSpec, load_yaml, parse_methods
@@ -81,7 +81,7 @@ class SweepConfig(CommonConfig):
             raise ConfigError(f"sweep config: 'benchmark_options' must be a mapping, got {d['benchmark_options']!r}")
         d["validity"] = ValidityBounds.from_dict(d.get("validity"))
         try:
-            d["utility"] = UtilityConfig(**util)
+            d["utility"] = utility_config(util)
             cfg = cls(**d)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"invalid sweep config: {e}") from None
@@ -139,7 +139,7 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, wait: bool = False) -> di
     cfg.validate()
     bench_cls = registry.load("benchmark", cfg.benchmark)
     method_classes = {m.name: registry.load("method", m.name) for m in cfg.methods}
-    suite = UtilitySuite(cfg.utility, cfg.data_root)
+    suite = cfg.utility.suite(cfg.data_root)  # the backend's suite: its tasks are checked before the model loads
     # results = finished points (items without their point line are orphans, dropped on resume)
     with ResultDir(Path(cfg.out), result_files=(POINTS,)).writing(wait=wait) as out:
         lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, seed=cfg.seed)
