@@ -18,7 +18,6 @@ rewrite, paraphrase and neighbourhood prompt of each case) on the unedited model
 from __future__ import annotations
 
 import argparse
-import time
 from functools import partial
 
 import torch
@@ -30,6 +29,7 @@ from editbench.modeling.loading import load_model
 from editbench.modeling import scoring
 from editbench.modeling.scoring import encode_prompt, encode_target, packed_batches
 from editbench.methods.unedited import Unedited
+from perfkit import add_common_args, best_of, print_table  # perf/ is on sys.path when run as a script
 
 
 @torch.no_grad()
@@ -53,27 +53,11 @@ def bare_batches(lm, cases, batch_size: int, share_prefix: bool = True):
     return batches, len(reqs), sum(pk.batch.input_ids.numel() for pk in batches)
 
 
-def timed(fn, repeats: int):
-    best = float("inf")
-    result = None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        result = fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()  # queued GPU work belongs to this timing
-        best = min(best, time.perf_counter() - t)
-    return best, result
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2-135m")
+    add_common_args(ap, batch_size=32)
     ap.add_argument("--split", default="rome500")
     ap.add_argument("--cases", type=int, default=40)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=2, help="best of N timings")
-    ap.add_argument("--device", default="cpu", help="cpu, cuda, ...")
-    ap.add_argument("--dtype", default="float32", help="float32 or bfloat16 (GPU)")
     a = ap.parse_args()
 
     lm = load_model(a.model, device=a.device, dtype=a.dtype)
@@ -99,10 +83,10 @@ def main() -> None:
         finally:
             evaluator_module.score_targets = original
 
-    t_eval, recs = timed(lambda: ev.evaluate(cases), a.repeats)
-    t_unshared, recs_unshared = timed(unshared, a.repeats)
-    t_loop, loop_nll = timed(lambda: loop_one_at_a_time(lm, cases), 1)
-    t_bare, _ = timed(bare, a.repeats)
+    t_eval, recs = best_of(lambda: ev.evaluate(cases), a.repeats)
+    t_unshared, recs_unshared = best_of(unshared, a.repeats)
+    t_loop, loop_nll = best_of(lambda: loop_one_at_a_time(lm, cases), 1)
+    t_bare, _ = best_of(bare, a.repeats)
 
     # the paths must agree on the numbers, or the speed comparison means nothing
     def nlls(records):
@@ -117,10 +101,8 @@ def main() -> None:
           f"CounterFact/{a.split}: {n} cases, {n_pairs} (prompt, target) pairs, batch size {a.batch_size}")
     print(f"token positions run: {n_tokens} prefix-shared, {n_tokens_unshared} one row per pair "
           f"({n_tokens_unshared / n_tokens:.2f}x fewer)")
-    print(f"{'path':40s} {'seconds':>8s} {'cases/s':>8s}")
-    for name, t in (("editbench evaluator (prefix-shared)", t_eval), ("editbench evaluator, one row per pair", t_unshared),
-                    ("one-pair-at-a-time loop", t_loop), ("shared-prefix token floor (bare)", t_bare)):
-        print(f"{name:40s} {t:8.2f} {n / t:8.2f}")
+    print_table([("editbench evaluator (prefix-shared)", t_eval), ("editbench evaluator, one row per pair", t_unshared),
+                 ("one-pair-at-a-time loop", t_loop), ("shared-prefix token floor (bare)", t_bare)], per=("cases", n))
     print(f"speed-up vs one-at-a-time loop: {t_loop / t_eval:.1f}x (one row per pair: {t_loop / t_unshared:.1f}x)")
     print(f"evaluator time / shared-prefix token floor: {t_eval / t_bare:.2f}x")
     print(f"max |NLL difference| evaluator vs loop: {max_diff:.2e}; prefix-shared vs one row per pair: "

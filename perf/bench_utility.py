@@ -12,7 +12,6 @@ times the multiple-choice part alone, and checks that both give the same per-ite
 from __future__ import annotations
 
 import argparse
-import time
 from contextlib import nullcontext
 from functools import partial
 
@@ -22,28 +21,14 @@ from editbench.evaluation import utility as utility_module
 from editbench.evaluation.utility import UtilityConfig, UtilitySuite
 from editbench.modeling import scoring
 from editbench.modeling.loading import load_model
-
-
-def best_of(fn, repeats: int):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()  # queued GPU work belongs to this timing
-        best = min(best, time.perf_counter() - t)
-    return best, out
+from perfkit import add_common_args, best_of, print_table  # perf/ is on sys.path when run as a script
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2-135m")
+    add_common_args(ap, batch_size=16)
     ap.add_argument("--limit", type=int, default=50, help="items per task (the suite's default)")
     ap.add_argument("--split", default="test")
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=2, help="best of N timings")
-    ap.add_argument("--device", default="cpu", help="cpu, cuda, ...")
-    ap.add_argument("--dtype", default="float32", help="float32 or bfloat16 (GPU)")
     a = ap.parse_args()
 
     lm = load_model(a.model, device=a.device, dtype=a.dtype)
@@ -76,13 +61,11 @@ def main() -> None:
     diff = max(abs(x[0] - y[0]) / x[1] for s, t in zip(mc_new, mc_old) for x, y in zip(s, t))
     print(f"model {a.model} on {lm.device}, torch threads {torch.get_num_threads()}, split {a.split}: "
           f"{len(items)} MC items ({', '.join(suite.cfg.tasks)}), {n_choices} choices, batch size {a.batch_size}")
-    print(f"{'path':44s} {'seconds':>8s}")
-    for name, t in (("MC scoring, prefix-shared", t_mc), ("MC scoring, one row per choice", t_mc_old),
-                    ("whole utility suite, prefix-shared", t_all), ("whole utility suite, one row per choice", t_all_old)):
-        print(f"{name:44s} {t:8.2f}")
+    print_table([("MC scoring, prefix-shared", t_mc), ("MC scoring, one row per choice", t_mc_old),
+                 ("whole utility suite, prefix-shared", t_all), ("whole utility suite, one row per choice", t_all_old)])
     print(f"MC speed-up: {t_mc_old / t_mc:.2f}x; whole-suite speed-up: {t_all_old / t_all:.2f}x")
     print(f"same chosen answer on {same}/{len(items)} items; max |per-token log-prob difference| {diff:.2e}; "
-          f"records equal: {len(recs) == len(recs_old)}")
+          f"whole-suite per-item accuracies equal: {[r.get('acc') for r in recs] == [r.get('acc') for r in recs_old]}")
 
 
 if __name__ == "__main__":
