@@ -10,7 +10,10 @@ OMP_NUM_THREADS=1, which the local Ray instance and its workers inherit).
 import json
 import logging
 import shutil
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -131,6 +134,30 @@ def test_sweep_resumed_on_ray_computes_only_the_missing_points(serial_sweep, exe
         ("steer2edit", 1.0, "val"), ("steer2edit", 1.0, "test")]
     assert (out / "points.jsonl").read_text().splitlines()[:3] == kept  # written lines are never rewritten
     assert len({w["pid"] for w in executor.workers}) == 2
+    _assert_same_sweep(serial, out)
+
+
+def test_sigterm_under_ray_exits_143_and_the_sweep_resumes(serial_sweep, executor, tmp_path):
+    """Ray's core replaces the driver's SIGTERM handler (it aborts, exit 134); the CLI's must win."""
+    cfg_path, serial = serial_sweep
+    out = tmp_path / "term"
+    p = subprocess.Popen([sys.executable, "-m", "editbench", "sweep", str(cfg_path), "--quiet", "--out", str(out),
+                          "--backend", "ray", "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((out / "points.jsonl").exists() and (out / "points.jsonl").read_text()):
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 143, err
+    assert err.strip().splitlines()[-1] == ("editbench: terminated (SIGTERM); finished cases are saved, rerun the same "
+                                            "command to resume")
+    kept = (out / "points.jsonl").read_text().splitlines()
+    assert 1 <= len(kept) < 8
+    cfg = SweepConfig.load(cfg_path)
+    cfg.out = str(out)
+    run_sweep(cfg, progress=False, executor=executor)
+    assert (out / "points.jsonl").read_text().splitlines()[:len(kept)] == kept
     _assert_same_sweep(serial, out)
 
 

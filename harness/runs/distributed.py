@@ -19,7 +19,9 @@ import contextlib
 import logging
 import math
 import os
+import signal
 import socket
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol
 
@@ -227,6 +229,7 @@ class RayExecutor(Executor):
         if not ray.is_initialized():
             address = self.options.address or os.environ.get("RAY_ADDRESS") or None
             quiet = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+            handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
             try:
                 if address:
                     ray.init(address=address, **quiet)
@@ -240,6 +243,13 @@ class RayExecutor(Executor):
                                      "uses token authentication also needs RAY_AUTH_MODE=token and its token here)"
                                      ) from None
             self._owns_connection = True
+            # Ray's core replaces the driver's SIGTERM handler with one that aborts (exit 134, a stack
+            # dump); the previous handlers come back, so Ctrl-C and SIGTERM end as they do serially
+            # (finished records saved, the CLI's line, exit 130/143) and the actors are stopped on the way.
+            if threading.current_thread() is threading.main_thread():
+                for sig, handler in handlers.items():
+                    if handler is not None:
+                        signal.signal(sig, handler)
         self._connected = True
         have = ray.cluster_resources()
         cpus, gpus = float(have.get("CPU", 0)), float(have.get("GPU", 0))
