@@ -235,7 +235,6 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, wait: bool = False, execu
                 method = local.method(spec.name, params)
                 resolved_params = json.loads(json.dumps(dataclasses.asdict(method.params), default=str))
                 planned.append((spec, params, resolved_params))
-        local.track  # noqa: B018 - the benchmark's items are loaded (and checked) before any compute
         return _sweep(out, cfg, work, local, planned, progress, executor)
 
 
@@ -266,8 +265,13 @@ def _sweep(out: ResultDir, cfg: SweepConfig, work: SweepWork, local: SweepWorker
     code = code_version(run_versions)  # per point: resumes may span commits
     splits = ("val", "test")  # every point on both, in this order (the serial order the files keep)
     tasks = [PointTask("unedited", {}, {}, 0.0, split, original=True) for split in splits]
-    tasks += [PointTask(s.name, given, p, st, split) for s, given, p in planned for st in s.strengths for split in splits]
-    missing = [t for t in tasks if (t.key, t.split) not in done]
+    tasks += [PointTask(s.name, given, p, st, split) for s, given, p in planned for st in s.strengths
+              for split in splits]
+    missing, seen = [], set(done)  # in order, each (point, split) once (a configuration listed twice is one point)
+    for t in tasks:
+        if (t.key, t.split) not in seen:
+            seen.add((t.key, t.split))
+            missing.append(t)
     # the unedited point of each split (first in todo, or from an earlier invocation): validity's reference
     refs = {r["split"]: r for r in written if r.get("method") == "unedited"}
     bar = tqdm(total=len(tasks), initial=len(tasks) - len(missing), unit="point", disable=not progress,
