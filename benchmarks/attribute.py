@@ -16,11 +16,11 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
+from editbench.datasets_io import load_local
 from editbench.modeling.directions import ProbeSet
 from editbench.errors import ConfigError
 
 from editbench.plugins.benchmark import Benchmark
-from editbench import results
 
 EVAL_SPLITS = ("val", "test")
 
@@ -53,8 +53,9 @@ def format_instruction(tokenizer, instruction: str) -> str:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """A JSON-lines data file (each line an object; one-line errors naming file and line)."""
-    return results.read_jsonl(path, finished=True)
+    """A JSON-lines data file through ``datasets`` (each line an object; one-line errors naming file
+    and line)."""
+    return load_local(path)
 
 
 class AttributeBenchmark(Benchmark):

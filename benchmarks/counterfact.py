@@ -4,6 +4,14 @@ Two on-disk formats are read:
 * EasyEdit/MEND (``counterfact-{train,val,edit}.json``): one rephrase and one locality prompt per case;
 * original ROME (``rome/counterfact_500.json``): lists of paraphrase, neighbourhood and generation prompts.
 
+Both are read through :mod:`editbench.datasets_io` (``datasets``), from the data root by default or,
+with ``dataset="hub:OWNER/NAME[@REVISION][?split=S]"`` (``editbench run --dataset``), from a hub
+dataset whose columns are either format's fields, one row per case: EasyEdit ``case_id, prompt,
+subject, target_new, ground_truth, rephrase_prompt, locality_prompt, locality_ground_truth``, or
+ROME ``case_id, requested_rewrite{prompt, subject, target_new{str}, target_true{str}, relation_id},
+paraphrase_prompts, neighborhood_prompts, generation_prompts, attribute_prompts`` (e.g.
+``hub:azhx/counterfact``). The run's split is then the hub split (default ``train``).
+
 Every loaded case also carries, in ``EditCase.extra["subject_neighbours"]`` (evaluation data, never
 in the :class:`EditRequest`), up to :data:`SUBJECT_NEIGHBOURS_MAX` other CounterFact facts about the
 same subject under a *different relation*, from the subject index (:func:`subject_index`) over all
@@ -12,12 +20,13 @@ three EasyEdit files; see :meth:`SubjectIndex.neighbours` for the exact rule.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 from editbench.data import check_placeholders, sha256_file
+from editbench.datasets_io import HubSource, Records, load_hub, load_local
 from editbench.errors import ConfigError, DataError
 from editbench.requests import EditCase, EditRequest
 
@@ -99,15 +108,17 @@ def load_counterfact_file(path: str | Path, limit: int | None = None) -> list[Ed
     path = Path(path)
     if not path.is_file():
         raise DataError(f"CounterFact file {path} not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, list) or not data:
-        raise DataError(f"{path}: expected a non-empty JSON array of records")
+    return parse_counterfact_records(load_local(path), path.name, str(path), limit)
+
+
+def parse_counterfact_records(rows: Sequence[Any], name: str, origin: str, limit: int | None = None) -> list[EditCase]:
+    """Cases from rows of either format (a file's or a hub dataset's); ``name`` starts each record's
+    error line, ``origin`` the errors about the whole source."""
+    if not rows:
+        raise DataError(f"{origin}: expected a non-empty JSON array of records")
     cases, seen = [], set()
-    for i, rec in enumerate(data[: limit if limit is not None else len(data)]):
-        where = f"{path.name} record {i}" + (f" (case_id {rec.get('case_id')})" if isinstance(rec, dict) and "case_id" in rec else "")
+    for i, rec in enumerate(rows[: limit if limit is not None else len(rows)]):
+        where = f"{name} record {i}" + (f" (case_id {rec.get('case_id')})" if isinstance(rec, dict) and "case_id" in rec else "")
         if not isinstance(rec, dict):
             raise DataError(f"{where}: expected an object")
         case = parse_rome(rec, where) if "requested_rewrite" in rec else parse_easyedit(rec, where)
@@ -238,11 +249,25 @@ class CounterFact(Benchmark):
     splits = tuple(SPLIT_FILES)
     default_split = "edit"
 
-    def __init__(self, data_root=None, split=None, path: str | Path | None = None):
-        super().__init__(data_root, split)
+    def __init__(self, data_root=None, split=None, path: str | Path | None = None,
+                 dataset: str | Mapping[str, Any] | None = None):
         self._path = Path(path) if path else None
+        self.hub: HubSource | None = None
+        self._hub_records: Records | None = None
+        if dataset is None:
+            super().__init__(data_root, split)
+            return
+        if path:
+            raise ConfigError("counterfact: give a file path or a hub dataset, not both")
+        hub = HubSource.parse(dataset)
+        if split and hub.split and split != hub.split:
+            raise ConfigError(f"counterfact: split '{split}' differs from the hub dataset's split '{hub.split}'")
+        self.hub = hub.with_defaults(split=split or "train")
+        self.split, self._data_root = self.hub.split, data_root
 
     def data_files(self) -> list[Path]:
+        if self.hub is not None:
+            return []
         if self._path:
             return [self._path]
         path = self.data_root / SPLIT_FILES[self.split]
@@ -250,20 +275,29 @@ class CounterFact(Benchmark):
             raise DataError(f"CounterFact split '{self.split}' file {path} not found")
         return [path]
 
+    def _hub_rows(self) -> Records:
+        if self._hub_records is None:
+            self._hub_records = load_hub(self.hub)
+        return self._hub_records
+
     def _scope_root(self) -> Path | None:
-        """The data root the scope metrics read; None only for an explicit ``path`` with no data
-        root anywhere (its cases then have no other-relation facts and no neutral text)."""
+        """The data root the scope metrics read; None only for an explicit ``path`` or a hub dataset
+        with no data root anywhere (its cases then have no other-relation facts and no neutral text)."""
         try:
             return self.data_root
         except DataError:
-            if self._path:
+            if self._path or self.hub is not None:
                 return None
             raise
 
     def load(self, limit: int | None = None) -> list[EditCase]:
         """The split's cases, each with its other-relation facts about the subject in
         ``extra["subject_neighbours"]`` (from the index over the data root)."""
-        cases = load_counterfact_file(self.data_files()[0], limit)
+        if self.hub is not None:
+            rows = self._hub_rows()
+            cases = parse_counterfact_records(rows, rows.origin, rows.origin, limit)
+        else:
+            cases = load_counterfact_file(self.data_files()[0], limit)
         root = self._scope_root()
         if root is None:
             for c in cases:
@@ -281,7 +315,11 @@ class CounterFact(Benchmark):
         partial data root, those it lacks (``scope_missing``)."""
         from editbench.evaluation.scope import NEUTRAL_TEXT, neutral_text_path
 
-        out = super().provenance()
+        if self.hub is not None:
+            rows = self._hub_rows()
+            out = {"benchmark": self.name, "split": self.split, "files": rows.provenance(), "hub": rows.info}
+        else:
+            out = super().provenance()
         root = self._scope_root()
         if root is None:
             return {**out, "scope_files": {}, "scope_missing": [*INDEX_FILES, RELATION_FILE, NEUTRAL_TEXT]}

@@ -18,6 +18,11 @@ Probe protocols (benchmark option ``probe``), on ``probe_pool`` seeded GSM8K tra
   Censored responses rank as the longest. Deviation: the official code uses every probe problem.
 * ``gold`` [ours, the earlier default]: the dataset's own solutions, cleaned of calculator
   annotations and ending in "The answer is N.", shortest vs longest; ``probe_limit`` solutions per side.
+
+Data (benchmark option ``dataset``): the data root's ``gsm8k/{train,test}.jsonl`` by default, read
+through :mod:`editbench.datasets_io`; or a hub dataset with GSM8K's columns ``question``, ``answer``
+and splits ``train`` and ``test``, e.g. ``dataset: "hub:openai/gsm8k"`` (config ``main`` unless
+``?name=`` says otherwise; both splits are read, so no ``?split=``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from editbench.data import data_file
+from editbench.datasets_io import HubSource, Records, load_hub
 from editbench.modeling.directions import ProbeSet, probe_examples
 from editbench.errors import ConfigError, DataError
 from editbench.modeling.scoring import generate
@@ -80,7 +86,7 @@ class ReasoningLength(AttributeBenchmark):
     scale = 1.0
     fractions = {"val": 0.3, "test": 0.7}
     extra_metrics = ("accuracy", "censored")
-    default_options = {"probe": "self", "max_new_tokens": 512, "probe_pool": 400, "tail": 0.05}
+    default_options = {"probe": "self", "max_new_tokens": 512, "probe_pool": 400, "tail": 0.05, "dataset": None}
     option_choices = {"probe": ("self", "gold")}
 
     def __init__(self, data_root=None, split=None, seed: int = 0, options=None):
@@ -88,15 +94,42 @@ class ReasoningLength(AttributeBenchmark):
         if not 0 < self.options["tail"] <= 0.5:
             raise ConfigError(f"reasoning_length: tail must be in (0, 0.5], got {self.options['tail']!r}")
         self._pool: dict[str, list[dict]] = {}
+        self.hub: HubSource | None = None
+        self._hub: dict[str, Records] = {}
+        if self.options["dataset"] is not None:
+            hub = HubSource.parse(self.options["dataset"])
+            if hub.split:
+                raise ConfigError(f"reasoning_length: the hub dataset {hub} is read in both splits, 'train' (probe) "
+                                  "and 'test' (evaluation); leave out split=")
+            self.hub = hub.with_defaults(name="main")
 
     def data_files(self):
+        if self.hub is not None:
+            return []
         return [data_file(f, self._data_root) for f in FILES.values()]
+
+    def _hub_rows(self, which: str) -> Records:
+        if which not in self._hub:
+            self._hub[which] = load_hub(self.hub.with_defaults(split=which))
+        return self._hub[which]
+
+    def provenance(self) -> dict:
+        if self.hub is None:
+            return super().provenance()
+        parts = [self._hub_rows(w) for w in FILES]
+        return {"benchmark": self.name, "split": self.split, "files": {k: v for r in parts for k, v in r.provenance().items()},
+                "hub": [r.info for r in parts]}
 
     def _read(self, which: str) -> list[dict]:
         if which not in self._pool:
-            path = data_file(FILES[which], self._data_root)
+            if self.hub is not None:
+                records = self._hub_rows(which)
+                path = records.origin
+            else:
+                path = data_file(FILES[which], self._data_root)
+                records = read_jsonl(path)
             rows = []
-            for i, r in enumerate(read_jsonl(path), 1):
+            for i, r in enumerate(records, 1):
                 try:
                     sol, final = clean_solution(r["answer"])
                     rows.append({"question": r["question"], "solution": sol, "answer": final})

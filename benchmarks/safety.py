@@ -23,14 +23,18 @@ Evaluation (``eval``) on held-out harmful instructions, judged by ``judge``:
 Judges (:mod:`editbench.evaluation.judges`): ``keyword`` (default, the paper's official list),
 ``keyword-gcg`` (ours, the earlier default), each plus ``extra_keywords`` (e.g. ``[illegal]``), or a
 plugin. No attack suffixes (the paper adds GCG suffixes; none are available offline).
+
+Data: the data root's files, read through :mod:`editbench.datasets_io` (the CSV with every cell a
+string, MaliciousInstruct one instruction per line); no hub source (the pool joins two datasets and
+the probe a third).
 """
 
 from __future__ import annotations
 
-import csv
 from typing import Sequence
 
 from editbench.data import data_file
+from editbench.datasets_io import load_local
 from editbench.modeling.directions import ProbeExample, ProbeSet, probe_examples
 from editbench.errors import ConfigError, DataError
 from editbench.evaluation.judges import load_judge
@@ -70,8 +74,7 @@ class Safety(AttributeBenchmark):
     def pool(self) -> list[dict]:
         if self._pool is None:
             path = data_file(FILES["advbench"], self._data_root)
-            with open(path, newline="", encoding="utf-8") as f:
-                rows = list(csv.DictReader(f))
+            rows = load_local(path)
             if not rows or not {"goal", "target"} <= set(rows[0]):
                 raise DataError(f"{path}: expected a CSV with columns goal,target")
             pool = []
@@ -80,8 +83,8 @@ class Safety(AttributeBenchmark):
                     raise DataError(f"{path}: row {i} has an empty goal or target")
                 pool.append({"instruction": r["goal"].strip(), "compliance": r["target"].strip(), "source": "advbench"})
             mpath = data_file(FILES["malicious"], self._data_root)
-            pool += [{"instruction": line.strip(), "compliance": None, "source": "maliciousinstruct"}
-                     for line in mpath.read_text(encoding="utf-8").splitlines() if line.strip()]
+            pool += [{"instruction": r["text"].strip(), "compliance": None, "source": "maliciousinstruct"}
+                     for r in load_local(mpath, by="line") if r["text"].strip()]
             self._pool = pool
         return self._pool
 

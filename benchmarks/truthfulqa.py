@@ -20,18 +20,25 @@ Probe protocols (benchmark option ``probe``; ``probe_limit`` caps the probe ques
   with no model, on the benchmark's own Q/A frame, greedy [ours].
 * ``dataset`` [ours, the earlier default]: TruthfulQA's best answer (positive) vs its first
   incorrect answer (negative) after each probe question.
+
+Data (benchmark option ``dataset``): the data root's ``TruthfulQA.csv`` and ``mc_task.json`` by
+default, read through :mod:`editbench.datasets_io`; or a hub dataset in the layout of
+``truthfulqa/truthful_qa`` (``dataset: "hub:truthfulqa/truthful_qa[@REVISION]"``), whose two configs
+are both read, split ``validation`` unless ``?split=`` says otherwise, aligned by row as the files are:
+``generation`` columns ``question`` -> Question, ``best_answer`` -> Best Answer, ``correct_answers``
+/ ``incorrect_answers`` (lists) -> the ``;``-separated Correct / Incorrect Answers; ``multiple_choice``
+columns ``question``, ``mc1_targets`` / ``mc2_targets`` ``{choices, labels}`` -> ``{answer: label}``.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 from editbench.data import data_file
+from editbench.datasets_io import HubSource, Records, load_hub, load_local
 from editbench.modeling.directions import ProbeExample, ProbeSet, probe_examples
-from editbench.errors import DataError
+from editbench.errors import ConfigError, DataError
 from editbench.evaluation.judges import reference_label
 from editbench.modeling.scoring import generate, score_choices
 
@@ -50,50 +57,97 @@ def own_answer(generated: str) -> str:
     return generated.split("\n", 1)[0].rstrip()
 
 
+def _answers(value: Any) -> list[str]:
+    """Answers as a list: the CSV's ``"a; b"`` cells or the hub's lists, stripped, empty ones dropped."""
+    items = value.split(";") if isinstance(value, str) else value if isinstance(value, list) else []
+    return [a.strip() for a in items if isinstance(a, str) and a.strip()]
+
+
+def _choices_labels(value: Any) -> Any:
+    """The hub's ``{choices: [...], labels: [...]}`` as the file's ``{answer: label}`` (else as given,
+    so the row's check names it)."""
+    if isinstance(value, dict) and isinstance(value.get("choices"), list) and isinstance(value.get("labels"), list):
+        if len(value["choices"]) == len(value["labels"]):
+            return dict(zip(value["choices"], value["labels"]))
+    return value
+
+
 class TruthfulQA(AttributeBenchmark):
     name = "truthfulqa"
     description = "TruthfulQA MC: best vs first incorrect answer (length-normalised), MC1, MC2"
     attribute = "truthful"
     extra_metrics = ("mc1", "mc2")
-    default_options = {"probe": "self", "max_new_tokens": 32}
+    default_options = {"probe": "self", "max_new_tokens": 32, "dataset": None}
     option_choices = {"probe": ("self", "dataset")}
 
     def __init__(self, data_root=None, split=None, seed: int = 0, options=None):
         super().__init__(data_root, split, seed, options)
         self._pool: list[dict] | None = None
+        self.hub: HubSource | None = None
+        self._hub: dict[str, Records] = {}
+        if self.options["dataset"] is not None:
+            hub = HubSource.parse(self.options["dataset"])
+            if hub.name:
+                raise ConfigError(f"truthfulqa: the hub dataset {hub} is read in both configs, 'generation' and "
+                                  "'multiple_choice'; leave out name=")
+            self.hub = hub.with_defaults(split="validation")
 
     def data_files(self):
+        if self.hub is not None:
+            return []
         return [data_file(f, self._data_root) for f in FILES.values()]
+
+    def _hub_rows(self, config: str) -> Records:
+        if config not in self._hub:
+            self._hub[config] = load_hub(self.hub.with_defaults(name=config))
+        return self._hub[config]
+
+    def provenance(self) -> dict:
+        if self.hub is None:
+            return super().provenance()
+        parts = [self._hub_rows(c) for c in ("generation", "multiple_choice")]
+        return {"benchmark": self.name, "split": self.split, "files": {k: v for r in parts for k, v in r.provenance().items()},
+                "hub": [r.info for r in parts]}
+
+    def _sources(self) -> tuple[list[dict], list[dict], str, str]:
+        """(question rows {question, best, correct, incorrect}, MC rows {question?, mc1, mc2}, and
+        the names of both sources for error lines), from the files or the hub dataset."""
+        if self.hub is not None:
+            gen, mc = self._hub_rows("generation"), self._hub_rows("multiple_choice")
+            rows = [{"question": r.get("question"), "best": r.get("best_answer"),
+                     "correct": _answers(r.get("correct_answers")), "incorrect": _answers(r.get("incorrect_answers"))}
+                    for r in gen]
+            mcs = [{**({"question": m["question"]} if "question" in m else {}),
+                    "mc1": _choices_labels(m.get("mc1_targets")), "mc2": _choices_labels(m.get("mc2_targets"))} for m in mc]
+            return rows, mcs, gen.origin, mc.origin
+        path, mpath = data_file(FILES["csv"], self._data_root), data_file(FILES["mc"], self._data_root)
+        rows = [{"question": r.get("Question"), "best": r.get("Best Answer"),
+                 "correct": _answers(r.get("Correct Answers")), "incorrect": _answers(r.get("Incorrect Answers"))}
+                for r in load_local(path)]
+        mcs = [{**({"question": m["question"]} if "question" in m else {}),
+                "mc1": m.get("mc1_targets"), "mc2": m.get("mc2_targets")} for m in load_local(mpath)]
+        return rows, mcs, str(path), str(mpath)
 
     def pool(self) -> list[dict]:
         if self._pool is not None:
             return self._pool
-        path = data_file(FILES["csv"], self._data_root)
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-        mpath = data_file(FILES["mc"], self._data_root)
-        try:
-            mc = json.loads(mpath.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{mpath}: not valid JSON ({e.msg})") from None
+        rows, mc, path, mpath = self._sources()
         if len(mc) != len(rows):
             raise DataError(f"{mpath} has {len(mc)} rows but {path} has {len(rows)}; they must align by row")
         pool = []
         for i, (r, m) in enumerate(zip(rows, mc)):
-            where = f"{path} row {i + 2}"
-            best = (r.get("Best Answer") or "").strip()
-            correct, incorrect = ([a.strip() for a in (r.get(col) or "").split(";") if a.strip()]
-                                  for col in ("Correct Answers", "Incorrect Answers"))
-            if not (r.get("Question") or "").strip() or not best or not incorrect:
+            where = f"{path} row {i + 2}" if self.hub is None else f"{path} row {i}"
+            question, best, incorrect = (r["question"] or "").strip(), (r["best"] or "").strip(), r["incorrect"]
+            if not question or not best or not incorrect:
                 raise DataError(f"{where}: needs Question, Best Answer and Incorrect Answers")
             try:
-                mc1, mc2 = dict(m["mc1_targets"]), dict(m["mc2_targets"])
+                mc1, mc2 = dict(m["mc1"]), dict(m["mc2"])
                 assert sum(mc1.values()) == 1 and any(mc2.values()) and not all(mc2.values())
             except (KeyError, TypeError, ValueError, AssertionError):
                 raise DataError(f"{mpath} row {i}: needs mc1_targets (one true) and mc2_targets (true and false)") from None
-            pool.append({"question": r["Question"].strip(), "best": best, "incorrect": incorrect[0],
-                         "correct_answers": [best, *correct], "incorrect_answers": incorrect,
-                         "mc_question": str(m.get("question", r["Question"])).strip(),
+            pool.append({"question": question, "best": best, "incorrect": incorrect[0],
+                         "correct_answers": [best, *r["correct"]], "incorrect_answers": incorrect,
+                         "mc_question": str(m.get("question", r["question"])).strip(),
                          "mc1": list(mc1.items()), "mc2": list(mc2.items())})
         self._pool = pool
         return pool

@@ -25,7 +25,8 @@ def _run_plan(a: argparse.Namespace) -> list[tuple[dict, Any]]:
         raise EditbenchError("--out must not be empty (leave it out for the default directory)")
     common = dict(model=a.model, benchmark=a.benchmark, split=a.split, limit=a.limit, seed=a.seed,
                   batch_size=a.batch_size, chunk_size=a.chunk_size, device=a.device, dtype=a.dtype,
-                  generation=a.generation, max_new_tokens=a.max_new_tokens, data_root=a.data_root)
+                  generation=a.generation, max_new_tokens=a.max_new_tokens, data_root=a.data_root,
+                  dataset=a.dataset)
     if a.config:
         if a.param or a.grid or a.method != "unedited":
             raise EditbenchError("--config gives the methods; do not combine it with --method, --param or --grid")
@@ -136,6 +137,11 @@ def _cmd_sweep(a: argparse.Namespace) -> int:
     if a.limit is not None:
         cfg.limit = a.limit
         cfg.validate()
+    if a.utility_backend is not None or a.utility_tasks is not None:
+        from editbench.evaluation.utility import with_backend
+
+        tasks = None if a.utility_tasks is None else [t.strip() for t in a.utility_tasks.split(",")]
+        cfg.utility = with_backend(cfg.utility, a.utility_backend, tasks)
     with open_executor(options) as executor:
         summary = run_sweep(cfg, progress=not a.quiet, wait=a.wait, executor=executor)
     points = load_summary(cfg.out, expect="sweep").points()
@@ -214,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "generation prompt); the scope/health metrics, short-generation fluency included, always run")
     r.add_argument("--max-new-tokens", type=int, default=64, help="token budget of --generation (default 64)")
     r.add_argument("--data-root", default=None, help="data bundle root (default $EDITBENCH_DATA or ../shared/data)")
+    r.add_argument("--dataset", default=None, metavar="hub:OWNER/NAME[@REV][?split=S]",
+                   help="read the cases from a Hugging Face hub dataset instead of the data root's split file "
+                        "(counterfact: EasyEdit or ROME columns; the split is the hub split, default train)")
     r.add_argument("--config", default=None, metavar="FILE.yaml",
                    help="run every entry of a config's methods: list (the sweep's shape: name, params, grid, strengths)")
     r.add_argument("--wait", action="store_true", help="wait for another process writing the same --out")
@@ -241,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("config")
     sw.add_argument("--out", default=None, help="override the config's output directory")
     sw.add_argument("--limit", type=int, default=None, help="override the config's held-out items per split")
+    sw.add_argument("--utility-backend", default=None, help="override the config's utility backend: builtin | "
+                    "lm-eval (built-in tasks become their local lm-eval tasks, arc_easy -> arc_easy_local, ...)")
+    sw.add_argument("--utility-tasks", default=None, help="override the utility tasks (comma-separated names)")
     sw.add_argument("--wait", action="store_true", help="wait for another process writing the same sweep directory")
     sw.add_argument("--quiet", action="store_true")
     _add_backend_flags(sw, "sweep points")

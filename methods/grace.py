@@ -62,7 +62,7 @@ import torch
 from editbench import ConfigError, EditRequest, Intervention, LoadedModel, Method
 from editbench.methods.rome import check_finite, right_padded
 from editbench.modeling.hooks import capture, hooked
-from editbench.modeling.scoring import Batch, ScoreRequest, encode_prompt, mean_target_nll
+from editbench.modeling.scoring import Batch, RowsContext, ScoreRequest, encode_prompt, mean_target_nll
 
 
 def default_grace_layer(n_layers: int) -> int:
@@ -97,7 +97,7 @@ class GraceIntervention(Intervention):
         return _install(lm, rows, batch)
 
     def uniform(self, lm: LoadedModel, strength: float = 1.0):
-        return nullcontext(), lambda b: self.apply_rows(lm, [(self, strength)] * b.input_ids.shape[0], b)
+        return nullcontext(), RowsContext(lambda b: self.apply_rows(lm, [(self, strength)] * b.input_ids.shape[0], b))
 
     def extra_numel(self) -> int:
         return self.keys.numel() + self.values.numel() + self.eps.numel()

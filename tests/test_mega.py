@@ -7,7 +7,7 @@ from editbench.benchmarks.counterfact import CounterFact
 from editbench.errors import ConfigError
 from editbench.evaluation.evaluator import KnowledgeEditEvaluator
 from editbench.requests import EditRequest
-from editbench.modeling.scoring import ScoreRequest, score_targets
+from editbench.modeling.scoring import RowsContext, ScoreRequest, score_targets
 from editbench.methods.ft import FT
 from editbench.methods.mega import MEGA, MegaIntervention, default_region, subject_last_token
 from tests.conftest import tiny
@@ -17,7 +17,7 @@ REQ = EditRequest(case_id=1, prompt="The mother tongue of Zork Blan is", subject
 
 
 def _score(lm, iv, reqs, s=1.0):
-    ctx = (lambda b: MegaIntervention.apply_rows(lm, [(iv, s)] * len(b.indices), b)) if iv else None
+    ctx = RowsContext(lambda b: MegaIntervention.apply_rows(lm, [(iv, s)] * len(b.indices), b)) if iv else None
     return [x.nll for x in score_targets(lm, reqs, batch_size=8, batch_context=ctx)]
 
 

@@ -124,3 +124,6 @@ def test_wheel_install_outside_the_repo(tmp_path):
     assert Path(summary["config"]["data_root"]) == (SHARED / "data").resolve()
     r = _run([str(venv / "bin" / "editbench"), "methods"], cwd=work)
     assert r.returncode == 0 and "steer2edit" in r.stdout, r.stdout + r.stderr
+    code = "from editbench.evaluation.lmeval import local_tasks; print(sorted(local_tasks()))"
+    r = _run([str(py), "-c", code], cwd=work)  # the lm-eval backend's task YAMLs are package data
+    assert r.returncode == 0 and "arc_easy_local" in r.stdout, r.stdout + r.stderr

@@ -248,7 +248,7 @@ def test_grace_gate_bit_identical_outside_the_radius(name):
     reqs = [ScoreRequest(REQ.prompt, REQ.target_new)] + [ScoreRequest(p, t) for p in OTHER_PROMPTS
                                                           for t in ("English", "French")]
     reqs.append(ScoreRequest(REQ.prompt, REQ.target_true))
-    ref = score_targets(lm, reqs, batch_size=16)
+    ref = score_targets(lm, reqs, batch_size=16, share_prefix=False)  # the layout a per-request context gets
     ctx = _Recording(lm, [(iv, 1.0)] * len(reqs))
     got = score_targets(lm, reqs, batch_size=16, batch_context=ctx)
     in_radius = {0, len(reqs) - 1}
@@ -298,7 +298,7 @@ def test_grace_rows_carry_their_own_codebooks_and_strength():
     reqs = [ScoreRequest(REQ.prompt, "English"), ScoreRequest(REQ2.prompt, "piano"),
             ScoreRequest(REQ.prompt, "English"), ScoreRequest(REQ.prompt, "English")]
     rows = [(a, 1.0), (b, 1.0), (b, 1.0), (a, 0.0)]  # row 2: another case's codebook; row 3: strength 0
-    ref = score_targets(lm, reqs, batch_size=8)
+    ref = score_targets(lm, reqs, batch_size=8, share_prefix=False)  # the layout a per-request context gets
     got = score_targets(lm, reqs, batch_size=8, batch_context=lambda bt: GraceIntervention.apply_rows(
         lm, [rows[i] for i in bt.indices], bt))
     assert got[0].nll < ref[0].nll and got[1].nll < ref[1].nll

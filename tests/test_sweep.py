@@ -170,8 +170,10 @@ def test_sweep_config_errors(tmp_path):
             SweepConfig.from_dict({**base, "methods": [{"name": "steering", "strengths": strengths}]})
     with pytest.raises(ConfigError, match="'limit' must be an integer"):
         SweepConfig.from_dict({**base, "limit": "abc", "methods": [{"name": "steering"}]})
-    with pytest.raises(ConfigError, match="invalid sweep config"):
+    with pytest.raises(ConfigError, match="utility: 'limit' must be an integer"):
         SweepConfig.from_dict({**base, "utility": {"limit": "abc"}, "methods": [{"name": "steering"}]})
+    with pytest.raises(ConfigError, match="invalid sweep config"):
+        SweepConfig.from_dict({**base, "utility": {"limitt": 3}, "methods": [{"name": "steering"}]})
     bad = tmp_path / "bad.yaml"
     bad.write_text("benchmark: [unclosed")
     assert main(["sweep", str(bad)]) == 2

@@ -40,10 +40,11 @@ import numpy as np
 import torch
 
 from editbench.data import check_placeholders, data_file, resolve_data_root
+from editbench.datasets_io import load_local
 from editbench.errors import ConfigError, DataError
 from editbench.evaluation import metrics as M
 from editbench.modeling.interventions import Intervention, NoIntervention
-from editbench.modeling.scoring import encode_target, generate, kl_divergence, window_logprobs
+from editbench.modeling.scoring import RowsContext, encode_target, generate, kl_divergence, window_logprobs
 from editbench.requests import EditCase
 
 log = logging.getLogger(__name__)
@@ -135,10 +136,8 @@ def neutral_windows(lm, root: str | Path | None) -> list[list[int]] | None:
     st = path.stat()
     key = (str(path), st.st_size, st.st_mtime_ns, type(tok).__name__, getattr(tok, "name_or_path", ""), len(tok))
     if key not in _WINDOWS:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise DataError(f"{path}: not UTF-8 text") from None
+        doc = load_local(path, "text", by="document")  # the whole file as one record, through datasets
+        text = doc[0]["text"] if doc else ""
         starts, pos = [], 0
         for line in text.splitlines(keepends=True):
             body = line.strip()
@@ -186,7 +185,7 @@ def run_under(lm, ivs: Sequence[Intervention], strength: float, items: Sequence[
             flat += list(items[c])
             owner += [c] * len(items[c])
         row_iv = [(ivs[c], strength) for c in owner]
-        res = list(fn(flat, lambda b, cls=cls: cls.apply_rows(lm, [row_iv[i] for i in b.indices], b)))
+        res = list(fn(flat, RowsContext(lambda b, cls=cls: cls.apply_rows(lm, [row_iv[i] for i in b.indices], b), owner)))
         k = 0
         for c in cs:
             out[c] = res[k:k + len(items[c])]

@@ -22,10 +22,9 @@ model that guesses (mean over items of 1/number of choices, per task, then over 
 
 from __future__ import annotations
 
-import json
 import math
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Sequence
 
 import numpy as np
@@ -33,6 +32,7 @@ import torch
 
 from editbench.evaluation import metrics as M
 from editbench.data import data_file, sha256_file
+from editbench.datasets_io import jsonl_line, load_local
 from editbench.errors import ConfigError, DataError
 from editbench.evaluation.scope import NEUTRAL_TEXT, neutral_windows
 from editbench.modeling.scoring import encode_prompt, generate, score_choices, window_logprobs
@@ -61,9 +61,11 @@ class UtilityConfig:
     seed: int = 0
 
     def __post_init__(self):
-        bad = [t for t in self.tasks if t not in MC_TASKS]
-        if bad:
-            raise ConfigError(f"unknown utility task '{bad[0]}' (tasks: {', '.join(MC_TASKS)})")
+        self._check_tasks()
+        for key in ("limit", "wikitext_windows", "window", "fluency", "neutral", "max_new_tokens", "seed"):
+            v = getattr(self, key)
+            if (v is not None or key != "limit") and (isinstance(v, bool) or not isinstance(v, int)):
+                raise ConfigError(f"utility: '{key}' must be an integer, got {v!r}")
         if self.metric not in ("acc", "acc_norm"):
             raise ConfigError(f"utility metric must be 'acc' or 'acc_norm', got {self.metric!r}")
         if ((self.limit is not None and self.limit < 1) or self.wikitext_windows < 0 or self.fluency < 0
@@ -71,25 +73,75 @@ class UtilityConfig:
             raise ConfigError("utility: limit >= 1, wikitext_windows >= 0, fluency >= 0, neutral >= 0, window >= 8 "
                               "and max_new_tokens >= 1 are required")
 
+    def _check_tasks(self) -> None:
+        if not isinstance(self.tasks, list):
+            raise ConfigError(f"utility: 'tasks' must be a list of task names, got {self.tasks!r}")
+        bad = [t for t in self.tasks if t not in MC_TASKS]
+        if bad:
+            raise ConfigError(f"unknown utility task '{bad[0]}' (tasks: {', '.join(MC_TASKS)}; any lm-eval task "
+                              "with backend: lm-eval)")
+
+    def suite(self, data_root=None) -> "UtilitySuite":
+        """The suite that evaluates this configuration (each backend's config names its own)."""
+        return UtilitySuite(self, data_root)
+
+
+BACKENDS = ("builtin", "lm-eval")
+
+
+def utility_config(d: dict) -> UtilityConfig:
+    """A sweep's ``utility:`` mapping as the config of its backend (``backend``: ``builtin``, the
+    default, or ``lm-eval``). A built-in config holds no ``backend`` key, so the resolved config of
+    a sweep written before backends existed is unchanged and it still resumes."""
+    d = dict(d)
+    backend = d.pop("backend", "builtin")
+    if backend == "builtin":
+        return UtilityConfig(**d)
+    if backend == "lm-eval":
+        from editbench.evaluation.lmeval import LmEvalConfig
+
+        return LmEvalConfig(**d)
+    raise ConfigError(f"utility backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+
+
+def with_backend(cfg: UtilityConfig, backend: str | None = None, tasks: Sequence[str] | None = None) -> UtilityConfig:
+    """``cfg`` under another backend and/or task list (``editbench sweep --utility-backend``), its
+    other options kept. Switching backend without new tasks maps each built-in task to the local
+    lm-eval task that reproduces it (``arc_easy`` <-> ``arc_easy_local``, ...)."""
+    from editbench.evaluation.lmeval import BUILTIN_EQUIVALENT
+
+    d = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.init}
+    old, new = getattr(cfg, "backend", "builtin"), backend or getattr(cfg, "backend", "builtin")
+    if new not in BACKENDS:
+        raise ConfigError(f"utility backend must be one of {', '.join(BACKENDS)}, got {new!r}")
+    if tasks is not None:
+        d["tasks"] = list(tasks)
+    elif new != old:
+        mapping = BUILTIN_EQUIVALENT if new == "lm-eval" else {v: k for k, v in BUILTIN_EQUIVALENT.items()}
+        missing = [t for t in d["tasks"] if t not in mapping]
+        if missing:
+            raise ConfigError(f"utility task '{missing[0]}' has no {new} equivalent; name the tasks with --utility-tasks")
+        d["tasks"] = [mapping[t] for t in d["tasks"]]
+    return utility_config({**d, "backend": new})
+
 
 def _mc_rows(task: str, path) -> list[dict]:
+    """The task's items from its JSON-lines file (read through ``datasets``); a bad record is one
+    error line naming the file and its line."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-                if task == "csqa":
-                    labels, texts = r["choices"]["label"], r["choices"]["text"]
-                    out.append({"prompt": f"Question: {r['question'].strip()}\nAnswer:", "choices": list(texts),
-                                "gold": labels.index(r["answerKey"])})
-                else:
-                    query = r["query"].rstrip("\n")
-                    out.append({"prompt": f"{query}\nAnswer:", "choices": list(r["choices"]), "gold": int(r["gold"])})
-                assert 0 <= out[-1]["gold"] < len(out[-1]["choices"]) and all(c.strip() for c in out[-1]["choices"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError, AssertionError):
-                raise DataError(f"{path}: line {i} is not a valid {task} record") from None
+    records = load_local(path)
+    for k, r in enumerate(records):
+        try:
+            if task == "csqa":
+                labels, texts = r["choices"]["label"], r["choices"]["text"]
+                out.append({"prompt": f"Question: {r['question'].strip()}\nAnswer:", "choices": list(texts),
+                            "gold": labels.index(r["answerKey"])})
+            else:
+                query = r["query"].rstrip("\n")
+                out.append({"prompt": f"{query}\nAnswer:", "choices": list(r["choices"]), "gold": int(r["gold"])})
+            assert 0 <= out[-1]["gold"] < len(out[-1]["choices"]) and all(c.strip() for c in out[-1]["choices"])
+        except (KeyError, TypeError, ValueError, AttributeError, AssertionError):
+            raise DataError(f"{path}: line {jsonl_line(path, k)} is not a valid {task} record") from None
     return out
 
 
@@ -105,8 +157,12 @@ class UtilitySuite:
         self._cache: dict = {}
 
     def data_files(self) -> dict[str, str]:
-        rels = [MC_TASKS[t] for t in self.cfg.tasks]
-        rels += [WIKITEXT] if self.cfg.wikitext_windows else []
+        return self._files([MC_TASKS[t] for t in self.cfg.tasks])
+
+    def _files(self, rels: list[str]) -> dict[str, str]:
+        """{path: sha256} of the data files ``rels`` plus those of the perplexity, fluency and
+        neutral-text parts."""
+        rels = rels + ([WIKITEXT] if self.cfg.wikitext_windows else [])
         files = {str(data_file(r, self.data_root)): sha256_file(data_file(r, self.data_root)) for r in rels}
         if self.cfg.fluency or self.cfg.neutral:
             try:
@@ -133,11 +189,10 @@ class UtilitySuite:
         key = ("wikitext", split, self.cfg.window)
         if key not in self._cache:
             path = data_file(WIKITEXT, self.data_root)
-            try:
-                rows = json.loads(path.read_text(encoding="utf-8"))
-                text = "\n\n".join(rows)
-            except (json.JSONDecodeError, TypeError):
-                raise DataError(f"{path}: expected a JSON array of strings") from None
+            records = load_local(path)  # an array of strings: one {"text": row} per row
+            if not all(set(r) == {"text"} and isinstance(r["text"], str) for r in records):
+                raise DataError(f"{path}: expected a JSON array of strings")
+            text = "\n\n".join(r["text"] for r in records)
             ids = lm.tokenizer(text[: 400 * self.cfg.window * self.cfg.wikitext_windows], add_special_tokens=False)["input_ids"]
             W = self.cfg.window
             wins = [ids[i:i + W] for i in range(0, len(ids) - W + 1, W)]
@@ -150,21 +205,25 @@ class UtilitySuite:
         recs: list[dict] = []
         self._neutral_reference(lm, split, batch_size)  # the unedited model: before the intervention is entered
         with outer:
-            for task in self.cfg.tasks:
-                items = self.items(task, split)
-                scores = score_choices(lm, [it["prompt"] for it in items], [it["choices"] for it in items],
-                                       batch_size=batch_size, batch_context=bctx)
-                for it, sc in zip(items, scores):
-                    raw = [lp for lp, _ in sc]
-                    norm = [lp / len(c) for (lp, _), c in zip(sc, it["choices"])]
-                    recs.append({"task": task, "item_id": it["item_id"], "n_choices": len(it["choices"]),
-                                 "acc": float(int(np.argmax(raw)) == it["gold"]),
-                                 "acc_norm": float(int(np.argmax(norm)) == it["gold"])})
+            recs += self._mc_records(lm, bctx, split, batch_size)
             if self.cfg.wikitext_windows:
                 recs += self._perplexity(lm, bctx, split, batch_size)
             if self.cfg.fluency:
                 recs += self._fluency(lm, bctx, split, batch_size)
             recs += self._neutral_kl(lm, bctx, split, batch_size)
+        return recs
+
+    def _mc_records(self, lm, bctx, split: str, batch_size: int) -> list[dict]:
+        """One record per multiple-choice item: the summed log-likelihood of every choice (``lls``),
+        the chosen index by ``acc`` (``choice``) and by ``acc_norm`` (``choice_norm``) and whether
+        each is the gold one."""
+        recs = []
+        for task in self.cfg.tasks:
+            items = self.items(task, split)
+            scores = score_choices(lm, [it["prompt"] for it in items], [it["choices"] for it in items],
+                                   batch_size=batch_size, batch_context=bctx)
+            for it, sc in zip(items, scores):
+                recs.append(mc_record(task, it["item_id"], [lp for lp, _ in sc], it["choices"], it["gold"]))
         return recs
 
     @torch.no_grad()
@@ -191,7 +250,7 @@ class UtilitySuite:
         from editbench.benchmarks.attribute import format_instruction
 
         path = data_file(ALPACA, self.data_root)
-        rows = [r["instruction"] for r in json.loads(path.read_text(encoding="utf-8"))[FLUENCY_OFFSET:]]
+        rows = [r["instruction"] for r in load_local(path)[FLUENCY_OFFSET:]]
         idx = _halves(len(rows), self.cfg.seed)[split][:n]
         return idx, [format_instruction(lm.tokenizer, rows[i]) for i in idx]
 
@@ -235,16 +294,7 @@ class UtilitySuite:
 
     def summarize(self, recs: Sequence[dict]) -> dict:
         """``utility`` (mean task accuracy, x100, bootstrap CI within tasks) plus per-task aggregates."""
-        out: dict = {}
-        per_task = {t: np.array([r[self.cfg.metric] for r in recs if r["task"] == t]) for t in self.cfg.tasks}
-        for t in self.cfg.tasks:
-            for m in ("acc", "acc_norm"):
-                out[f"{t}_{m}"] = M.aggregate([r[m] for r in recs if r["task"] == t])
-        out["utility"] = mean_of_tasks(list(per_task.values()))
-        choices = [np.array([1.0 / r["n_choices"] for r in recs if r["task"] == t and "n_choices" in r])
-                   for t in self.cfg.tasks]
-        if all(len(c) for c in choices):
-            out["utility_chance"] = 100.0 * float(np.mean([c.mean() for c in choices]))
+        out = self._mc_summary(recs)
         nll = [r["nll"] for r in recs if r["task"] == "wikitext"]
         if nll:
             agg = M.aggregate(nll, scale=1.0)
@@ -259,6 +309,34 @@ class UtilitySuite:
             out["neutral_kl"] = {**M.aggregate(kl, scale=1.0),
                                  "note": "nats; mean over neutral texts of the mean next-token KL(unedited || edited)"}
         return out
+
+
+    def _mc_summary(self, recs: Sequence[dict]) -> dict:
+        out: dict = {}
+        per_task = {t: np.array([r[self.cfg.metric] for r in recs if r["task"] == t]) for t in self.cfg.tasks}
+        for t in self.cfg.tasks:
+            for m in ("acc", "acc_norm"):
+                out[f"{t}_{m}"] = M.aggregate([r[m] for r in recs if r["task"] == t])
+        out["utility"] = mean_of_tasks(list(per_task.values()))
+        choices = [np.array([1.0 / r["n_choices"] for r in recs if r["task"] == t and "n_choices" in r])
+                   for t in self.cfg.tasks]
+        if all(len(c) for c in choices):
+            out["utility_chance"] = 100.0 * float(np.mean([c.mean() for c in choices]))
+        return out
+
+
+def mc_record(task: str, item_id, lls: Sequence[float], choices: Sequence[str], gold: int | None) -> dict:
+    """The per-item record of a multiple-choice item, from each choice's summed log-likelihood
+    (``acc_norm`` divides by the choice's characters, as lm-evaluation-harness does); the same
+    shape for every utility backend, so sweeps and reports read them alike. Without a single
+    ``gold`` index the caller supplies ``acc``/``acc_norm``."""
+    norm = [lp / len(c) for lp, c in zip(lls, choices)]
+    choice, choice_norm = int(np.argmax(lls)), int(np.argmax(norm))
+    rec = {"task": task, "item_id": item_id, "n_choices": len(choices), "choice": choice, "choice_norm": choice_norm,
+           "lls": [float(v) for v in lls]}
+    if gold is not None:
+        rec.update(gold=int(gold), acc=float(choice == gold), acc_norm=float(choice_norm == gold))
+    return rec
 
 
 def _exp(v: float | None) -> float | None:

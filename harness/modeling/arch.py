@@ -42,6 +42,8 @@ class ArchSpec:
     down_proj: str
     n_heads_attr: str = "num_attention_heads"
     conv1d: bool = False  # weights stored [in, out] (GPT-2 Conv1D)
+    # the decoder stack takes a custom mask per attention type ({"full_attention": m, "sliding_attention": m})
+    layer_type_masks: bool = False
 
 
 _LLAMA = ArchSpec(
@@ -55,7 +57,9 @@ _LLAMA = ArchSpec(
     down_proj="mlp.down_proj",
 )
 # Gemma 2/3 normalise each block's output before adding it to the residual stream.
-_GEMMA = replace(_LLAMA, attn_out="post_attention_layernorm", mlp_out="post_feedforward_layernorm")
+_GEMMA = replace(_LLAMA, attn_out="post_attention_layernorm", mlp_out="post_feedforward_layernorm",
+                 layer_type_masks=True)
+_QWEN = replace(_LLAMA, layer_type_masks=True)
 _GPT2 = ArchSpec(
     base="transformer",
     layers="transformer.h",
@@ -72,8 +76,8 @@ _GPT2 = ArchSpec(
 ARCH_SPECS: dict[str, ArchSpec] = {
     "llama": _LLAMA,
     "mistral": _LLAMA,
-    "qwen2": _LLAMA,
-    "qwen3": _LLAMA,
+    "qwen2": _QWEN,
+    "qwen3": _QWEN,
     "gemma": _LLAMA,  # Gemma 1 has no post-block norms
     "gemma2": _GEMMA,
     "gemma3_text": _GEMMA,
@@ -153,6 +157,28 @@ class ArchAdapter:
         """True when the block output is a norm of the projection output (Gemma 2/3): then a
         change of ``W_O``/``W_down`` does not map linearly onto the residual stream."""
         return self.spec.attn_out != self.spec.o_proj if block == "attn" else self.spec.mlp_out != self.spec.down_proj
+
+    def attention_mask_4d(self, allowed: torch.Tensor, positions: torch.Tensor) -> torch.Tensor | dict:
+        """The decoder stack's ``attention_mask`` argument for a custom attention pattern:
+        ``allowed[b, q, k]`` (bool) says query q may see key k; ``positions`` ``[B, T]`` are the
+        position ids, from which sliding-window layers drop keys ``window`` or more positions back
+        (the rule transformers applies to an ordinary causal row). Additive float masks, which both
+        eager and SDPA attention accept."""
+        cfg = self.config
+        window = getattr(cfg, "sliding_window", None)
+        dtype = self.lm_head.weight.dtype
+
+        def additive(sliding: bool) -> torch.Tensor:
+            a = allowed
+            if sliding and window:
+                a = a & (positions.unsqueeze(2) - positions.unsqueeze(1) < window)
+            zero = torch.zeros((), dtype=dtype, device=a.device)
+            return torch.where(a, zero, torch.finfo(dtype).min).unsqueeze(1)
+
+        if self.spec.layer_type_masks:
+            types = set(getattr(cfg, "layer_types", None) or ["full_attention"])
+            return {t: additive(t == "sliding_attention") for t in types}
+        return additive(bool(window))
 
     # ---- read-out ------------------------------------------------------------------------
     def logits(self, hidden_final: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,7 @@ import torch
 from editbench.errors import ConfigError
 from editbench.modeling.hooks import capture, hooked
 from editbench.modeling.interventions import ActivationIntervention, SteeringVector, _row_masks, site_module
-from editbench.modeling.scoring import Batch, _layout, encode_prompt
+from editbench.modeling.scoring import Batch, RowsContext, _layout, encode_prompt
 from editbench.requests import EditRequest
 
 TRAIN_PREFIXES = ("", "Here is a fact. ", "I read this: ")  # [recon] fixed neutral contexts
@@ -175,7 +175,7 @@ class GatedIntervention(ActivationIntervention):
         return install_gated(lm, rows, batch)
 
     def uniform(self, lm, strength: float = 1.0):
-        return nullcontext(), lambda b: self.apply_rows(lm, [(self, strength)] * b.input_ids.shape[0], b)
+        return nullcontext(), RowsContext(lambda b: self.apply_rows(lm, [(self, strength)] * b.input_ids.shape[0], b))
 
     def extra_numel(self) -> int:
         # the gate keys are stored per edit too; the standardisation statistics are per model

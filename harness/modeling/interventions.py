@@ -21,7 +21,7 @@ import torch
 from editbench.modeling.arch import adapter_of
 from editbench.modeling.hooks import add_to_output
 from editbench.modeling.loading import LoadedModel
-from editbench.modeling.scoring import Batch, BatchContext
+from editbench.modeling.scoring import Batch, BatchContext, RowsContext
 from editbench.modeling.weights import ColumnDelta, WeightEditTransaction
 
 # attn / mlp: the block output added to the residual stream; attn_proj / mlp_proj: the output of
@@ -132,7 +132,7 @@ class ActivationIntervention(Intervention):
     def uniform(self, lm: LoadedModel, strength: float = 1.0) -> tuple[ContextManager, BatchContext | None]:
         if all(v.positions == "all" for v in self.vectors):
             return self.apply(lm, strength), None
-        return nullcontext(), lambda b: self.apply_rows(lm, [(self, strength)] * len(b.indices), b)
+        return nullcontext(), RowsContext(lambda b: self.apply_rows(lm, [(self, strength)] * len(b.indices), b))
 
     @staticmethod
     @contextmanager

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager, Sequence
+from typing import Callable, ContextManager, Hashable, Iterator, Sequence
 
 import torch
 
@@ -71,6 +71,23 @@ class Batch:
 
 
 BatchContext = Callable[[Batch], ContextManager]
+
+
+@dataclass(frozen=True)
+class RowsContext:
+    """A batch context that says which requests may share one prompt forward.
+
+    Prefix-shared scoring (:func:`score_targets`) packs every target that follows one prompt into
+    one row, so a row must carry a single intervention. ``keys[i]`` names request i's intervention
+    (requests with equal keys and equal prompts share a row); ``keys`` None: every row gets the same
+    intervention. A plain callable passed as ``batch_context`` is assumed to differ per request,
+    so its requests never share a row (safe, not fast)."""
+
+    fn: Callable[[Batch], ContextManager]
+    keys: Sequence[Hashable] | None = None
+
+    def __call__(self, batch: Batch) -> ContextManager:
+        return self.fn(batch)
 
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
@@ -155,36 +172,152 @@ def mean_target_nll(lm: LoadedModel, requests: Sequence[ScoreRequest],
     return torch.stack([c.mean() for c in torch.split(tok_nll, counts)])
 
 
+@dataclass
+class _Packed:
+    """One batch of packed rows: one prompt per row, then each of its targets' tokens (but the
+    last) as a segment that sees the prompt and itself only."""
+
+    batch: Batch
+    attention: object  # the ``attention_mask`` argument of the decoder stack (2D, 4D or per layer type)
+    positions: torch.Tensor | None  # [B, T] position ids (None: 0..T-1, the unpacked layout)
+    flat: torch.Tensor  # [N_tokens] row * T + column of the position predicting each target token
+    tgt: torch.Tensor  # [N_tokens] the target token ids, request after request
+
+
+def _pack(lm: LoadedModel, prompts: list[list[int]], targets: list[list[int]], groups: Sequence[Sequence[int]]) -> _Packed:
+    seqs, segs = [], []
+    for g in groups:
+        P = prompts[g[0]]
+        seq, seg, starts = list(P), [0] * len(P), []
+        for s, i in enumerate(g, 1):
+            starts.append(len(seq))
+            seq += targets[i][:-1]
+            seg += [s] * (len(targets[i]) - 1)
+        seqs.append(seq)
+        segs.append((seg, starts))
+    B, T = len(groups), max(len(s) for s in seqs)
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    ids = torch.full((B, T), pad, dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.long)
+    seg_ids = torch.full((B, T), -1, dtype=torch.long)
+    pos = torch.zeros((B, T), dtype=torch.long)
+    flat, tgt = [], []
+    for b, (g, seq, (seg, starts)) in enumerate(zip(groups, seqs, segs)):
+        P = len(prompts[g[0]])
+        ids[b, : len(seq)] = torch.tensor(seq)
+        mask[b, : len(seq)] = 1
+        seg_ids[b, : len(seq)] = torch.tensor(seg)
+        for i, o in zip(g, starts):
+            K = len(targets[i])
+            pos[b, o:o + K - 1] = torch.arange(P, P + K - 1)
+            flat += [b * T + P - 1] + [b * T + o + m for m in range(K - 1)]
+            tgt += targets[i]
+        pos[b, :P] = torch.arange(P)
+    dev = lm.device
+    batch = Batch(indices=[g[0] for g in groups], input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                  prompt_lengths=torch.tensor([len(prompts[g[0]]) for g in groups], device=dev))
+    packed = any(sum(len(targets[i]) > 1 for i in g) > 1 for g in groups)  # a row with two target segments
+    if packed:
+        q, k = seg_ids.unsqueeze(2), seg_ids.unsqueeze(1)
+        allowed = torch.tril(torch.ones(T, T, dtype=torch.bool)) & (k >= 0) & ((k == 0) | (k == q))
+        allowed |= torch.eye(T, dtype=torch.bool)  # padding attends to itself: no empty softmax row
+        attention, positions = lm.adapter.attention_mask_4d(allowed.to(dev), pos.to(dev)), pos.to(dev)
+    else:
+        attention, positions = batch.attention_mask, None
+    return _Packed(batch, attention, positions, torch.tensor(flat, device=dev), torch.tensor(tgt, device=dev))
+
+
+def _share_groups(prompts: list[list[int]], keys: Sequence[Hashable]) -> list[list[int]]:
+    """Requests with the same prompt tokens and the same intervention key, in first-seen order."""
+    groups: dict[tuple, list[int]] = {}
+    for i, (p, k) in enumerate(zip(prompts, keys)):
+        groups.setdefault((tuple(p), k), []).append(i)
+    return list(groups.values())
+
+
+def _row_keys(batch_context: BatchContext | None, n: int) -> Sequence[Hashable]:
+    if batch_context is None:
+        return [None] * n
+    if isinstance(batch_context, RowsContext):
+        return batch_context.keys if batch_context.keys is not None else [None] * n
+    return range(n)  # a plain per-request context: never share
+
+
+def packed_batches(lm: LoadedModel, requests: Sequence[ScoreRequest], batch_size: int = 32,
+                   max_tokens: int | None = 8192, keys: Sequence[Hashable] | None = None,
+                   share_prefix: bool = True) -> Iterator[tuple[list[list[int]], _Packed]]:
+    """The batches :func:`score_targets` runs: ``(request groups, packed batch)``, one row per group
+    (requests with one prompt and one ``keys`` entry), longest rows first."""
+    prompts = [encode_prompt(lm.tokenizer, r.prompt) for r in requests]
+    targets = [encode_target(lm.tokenizer, r.target) for r in requests]
+    if share_prefix:
+        groups = _share_groups(prompts, keys if keys is not None else [None] * len(requests))
+    else:
+        groups = [[i] for i in range(len(requests))]
+    lengths = [len(prompts[g[0]]) + sum(len(targets[i]) - 1 for i in g) for g in groups]
+    order = sorted(range(len(groups)), key=lambda j: -lengths[j])  # little padding per batch
+    for gidx in _batches(order, lengths, batch_size, max_tokens):
+        members = [groups[j] for j in gidx]
+        yield members, _pack(lm, prompts, targets, members)
+
+
 @torch.no_grad()
 def score_targets(lm: LoadedModel, requests: Sequence[ScoreRequest], batch_size: int = 32,
                   batch_context: BatchContext | None = None, max_tokens: int | None = 8192,
-                  next_rows: Sequence[bool] | None = None) -> list[TargetScore]:
+                  next_rows: Sequence[bool] | None = None, share_prefix: bool = True) -> list[TargetScore]:
     """Score every (prompt, target) pair; results are in request order and independent of batching
-    beyond float noise. ``batch_context(batch)`` may install per-row interventions for a batch.
-    ``next_rows[i]``: also keep request i's full next-token log-probs after its prompt
-    (``TargetScore.next_logprobs``; computed anyway, so free but for the memory)."""
-    tok = lm.tokenizer
-    prompts = [encode_prompt(tok, r.prompt) for r in requests]
-    targets = [encode_target(tok, r.target) for r in requests]
-    lengths = [len(p) + len(t) - 1 for p, t in zip(prompts, targets)]
-    order = sorted(range(len(requests)), key=lambda i: -lengths[i])  # little padding per batch
+    beyond float noise. ``batch_context(batch)`` may install per-row interventions for a batch (see
+    :class:`RowsContext` for which requests may then share a row). ``next_rows[i]``: also keep
+    request i's full next-token log-probs after its prompt (``TargetScore.next_logprobs``; computed
+    anyway, so free but for the memory).
+
+    ``share_prefix``: every target after one prompt is scored from one forward pass of the prompt
+    (one row: the prompt, then each target's tokens as a segment that attends to the prompt and to
+    itself only, at the positions it would have alone), so a prompt with k targets costs its tokens
+    once instead of k times. False: one row per request (the reference layout)."""
+    targets = [encode_target(lm.tokenizer, r.target) for r in requests]
     results: list[TargetScore | None] = [None] * len(requests)
-    for idx in _batches(order, lengths, batch_size, max_tokens):
-        batch, rows, cols, tgt_t = _layout(lm, prompts, targets, idx)
+    vocab = lm.adapter.lm_head.weight.shape[0]
+    for members, pk in packed_batches(lm, requests, batch_size, max_tokens, _row_keys(batch_context, len(requests)),
+                                      share_prefix):
+        batch = pk.batch
         with batch_context(batch) if batch_context else nullcontext():
-            hidden = lm.adapter.base(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                     use_cache=False).last_hidden_state
-        logp = torch.log_softmax(lm.adapter.logits(hidden[rows, cols]).float(), dim=-1)
-        nll = (-logp.gather(1, tgt_t.unsqueeze(1)).squeeze(1)).cpu()
-        amax = logp.argmax(-1).cpu()
+            hidden = lm.adapter.base(input_ids=batch.input_ids, attention_mask=pk.attention,
+                                     position_ids=pk.positions, use_cache=False).last_hidden_state
+        # unembed each distinct position once (a prompt's last position predicts every target's first token)
+        uniq, inverse = torch.unique(pk.flat, return_inverse=True)
+        hidden = hidden.reshape(-1, hidden.shape[-1])[uniq]
+        nll = torch.empty(len(pk.flat), device=hidden.device)
+        amax = torch.empty(len(uniq), dtype=torch.long, device=hidden.device)
+        keep = {}
+        wanted = set()
+        if next_rows:
+            k = 0
+            for g in members:
+                for i in g:
+                    if next_rows[i]:
+                        wanted.add(int(inverse[k]))
+                    k += len(targets[i])
+        step = max(1, (1 << 25) // max(vocab, 1))
+        for s in range(0, len(uniq), step):
+            logp = torch.log_softmax(lm.adapter.logits(hidden[s:s + step]).float(), dim=-1)
+            amax[s:s + step] = logp.argmax(-1)
+            sel = ((inverse >= s) & (inverse < s + step)).nonzero().squeeze(1)
+            nll[sel] = -logp[inverse[sel] - s, pk.tgt[sel]]
+            for u in wanted:
+                if s <= u < s + step:
+                    keep[u] = logp[u - s].clone()
+        nll_l, amax_t, inv_l = nll.cpu().tolist(), amax.cpu(), inverse.cpu()
         start = 0
-        for i in idx:
-            K = len(targets[i])
-            tn = nll[start:start + K].tolist()
-            results[i] = TargetScore(nll=sum(tn) / K, token_nll=tn, target_ids=targets[i],
-                                     argmax_ids=amax[start:start + K].tolist(),
-                                     next_logprobs=logp[start].clone() if next_rows and next_rows[i] else None)
-            start += K
+        for g in members:
+            for i in g:
+                K = len(targets[i])
+                tn = nll_l[start:start + K]
+                first = int(inv_l[start])
+                results[i] = TargetScore(nll=sum(tn) / K, token_nll=tn, target_ids=targets[i],
+                                         argmax_ids=amax_t[inv_l[start:start + K]].tolist(),
+                                         next_logprobs=keep[first] if next_rows and next_rows[i] else None)
+                start += K
     return results  # type: ignore[return-value]
 
 
@@ -325,11 +458,12 @@ def generate(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int = 32, 
 
 
 def score_choices(lm: LoadedModel, prompts: Sequence[str], choices: Sequence[Sequence[str]], batch_size: int = 32,
-                  batch_context: BatchContext | None = None) -> list[list[tuple[float, int]]]:
+                  batch_context: BatchContext | None = None, share_prefix: bool = True) -> list[list[tuple[float, int]]]:
     """Multiple choice by log-likelihood: for each prompt, ``(sum log p, n tokens)`` of every
-    choice (tokenised as ``" " + choice``), all choices of all prompts scored in shared batches."""
+    choice (tokenised as ``" " + choice``), all choices of all prompts scored in shared batches
+    (with ``share_prefix``, all choices of one question from one packed row)."""
     reqs = [ScoreRequest(p, c) for p, cs in zip(prompts, choices) for c in cs]
-    flat = score_targets(lm, reqs, batch_size=batch_size, batch_context=batch_context)
+    flat = score_targets(lm, reqs, batch_size=batch_size, batch_context=batch_context, share_prefix=share_prefix)
     out, k = [], 0
     for cs in choices:
         out.append([(-sum(s.token_nll), len(s.token_nll)) for s in flat[k:k + len(cs)]])

@@ -15,7 +15,7 @@ from torch import nn
 
 from editbench.modeling.interventions import Intervention
 from editbench.modeling.loading import LoadedModel
-from editbench.modeling.scoring import ScoreRequest, TargetScore, score_targets
+from editbench.modeling.scoring import RowsContext, ScoreRequest, TargetScore, score_targets
 
 _HOOK_DICTS = (("forward hook", "_forward_hooks"), ("forward pre-hook", "_forward_pre_hooks"),
                ("backward hook", "_backward_hooks"), ("backward pre-hook", "_backward_pre_hooks"))
@@ -125,7 +125,8 @@ def score_under(lm: LoadedModel, ivs: Sequence[Intervention], strength: float, r
         elif isinstance(key, type):
             rows = [(ivs[c], strength) for c in owner]
             res = score_targets(lm, flat, batch_size,
-                                batch_context=lambda b, k=key: wrap(k.apply_rows(lm, [rows[i] for i in b.indices], b)))
+                                batch_context=RowsContext(lambda b, k=key: wrap(k.apply_rows(lm, [rows[i] for i in b.indices], b)),
+                                                          owner))
         else:
             with wrap(ivs[cs[0]].apply(lm, strength)):
                 res = score_targets(lm, flat, batch_size)
@@ -144,7 +145,7 @@ def score_uniform(lm: LoadedModel, iv: Intervention, strength: float, requests: 
         with wrap(outer):
             return score_targets(lm, requests, batch_size)
     with outer:
-        return score_targets(lm, requests, batch_size, batch_context=lambda b: wrap(per_batch(b)))
+        return score_targets(lm, requests, batch_size, batch_context=RowsContext(lambda b: wrap(per_batch(b))))
 
 
 def _max_diff(a: Sequence[Sequence[TargetScore]], b: Sequence[Sequence[TargetScore]]) -> tuple[float, bool, bool]:

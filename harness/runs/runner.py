@@ -22,14 +22,14 @@ from typing import Any, Callable
 from editbench.errors import ConfigError
 from editbench.plugins import registry
 from editbench.plugins.method import parse_params
-from editbench.runs.config import CommonConfig, check_strengths, params_tag
+from editbench.runs.config import CommonConfig, check_strengths, params_tag, safe_name
 from editbench.runs.distributed import Executor, ModelSpec
 from editbench.runs.provenance import code_version, record_code_counts, versions
 from editbench.runs.rundir import ResultDir
 
 # Keys whose change alters results: a run directory refuses to resume under different values.
 RESULT_KEYS = ("model", "benchmark", "split", "method", "method_params", "strengths", "seed", "dtype",
-               "generation", "max_new_tokens")
+               "generation", "max_new_tokens", "dataset")
 # Inputs whose content must not change under a run's records (checked on resume).
 PROVENANCE_KEYS = ("data_sha256", "weights_sha256")
 RECORD_FIELDS = {"case_id": (int, str), "strength": (int, float), "pre": dict, "post": dict}
@@ -49,6 +49,8 @@ class RunConfig(CommonConfig):
     generation: bool = False
     max_new_tokens: int = 64
     out: str | None = None
+    #: a hub dataset instead of the data root's split file (``hub:OWNER/NAME[@REV][?split=S]``)
+    dataset: str | None = None
 
     def validate(self) -> None:
         self.validate_common()
@@ -61,6 +63,10 @@ class RunConfig(CommonConfig):
             raise ConfigError("--out must not be empty (leave it out for the default directory)")
         if not isinstance(self.method_params, dict):
             raise ConfigError(f"method_params must be a mapping, got {self.method_params!r}")
+        if self.dataset is not None:
+            from editbench.datasets_io import HubSource
+
+            HubSource.parse(self.dataset)  # one ConfigError line for a malformed source, before anything runs
 
     def default_out(self, resolved_params: dict | None = None) -> Path:
         """``runs/MODEL/BENCH-SPLIT/METHOD[-hash of the resolved non-default params]``."""
@@ -69,7 +75,8 @@ class RunConfig(CommonConfig):
             changed = {k: v for k, v in resolved_params.items() if k in self.method_params}
             if changed:
                 tag += "-" + params_tag(changed)
-        return Path("runs") / self.model.replace("/", "__") / f"{self.benchmark}-{self.split}" / tag
+        bench = f"{self.benchmark}-{self.split}" + (f"-{safe_name({'dataset': self.dataset})}" if self.dataset else "")
+        return Path("runs") / self.model.replace("/", "__") / bench / tag
 
 
 def resolve_params(method_cls: type, given: dict) -> dict:
@@ -78,6 +85,18 @@ def resolve_params(method_cls: type, given: dict) -> dict:
 
     return json.loads(json.dumps(dataclasses.asdict(parse_params(method_cls.Params, given, method_cls.name)),
                                  default=str))
+
+
+def dataset_kwargs(bench_cls: type, dataset: str | None) -> dict[str, str]:
+    """``{"dataset": ...}`` for a benchmark that reads hub datasets; a ConfigError for one that does not."""
+    if dataset is None:
+        return {}
+    import inspect
+
+    if "dataset" not in inspect.signature(bench_cls).parameters:
+        raise ConfigError(f"benchmark '{bench_cls.name}' takes no --dataset (attribute benchmarks read a hub dataset "
+                          "through a sweep's benchmark_options: {dataset: ...})")
+    return {"dataset": dataset}
 
 
 def _non_finite_note(records: list[dict]) -> str | None:
@@ -113,7 +132,8 @@ class RunWorker:
 
     def __init__(self, cfg: RunConfig, lm):
         self.lm = lm
-        bench = registry.load("benchmark", cfg.benchmark)(data_root=cfg.data_root, split=cfg.split)
+        bench_cls = registry.load("benchmark", cfg.benchmark)
+        bench = bench_cls(data_root=cfg.data_root, split=cfg.split, **dataset_kwargs(bench_cls, cfg.dataset))
         self.method = registry.load("method", cfg.method)(lm, cfg.method_params, seed=cfg.seed)
         self.evaluator = bench.make_evaluator(lm, self.method, strengths=cfg.strengths, batch_size=cfg.batch_size,
                                               generation=cfg.generation, max_new_tokens=cfg.max_new_tokens,
@@ -137,7 +157,7 @@ def execute(cfg: RunConfig, progress: bool = True, on_chunk: Callable[[int], Non
     code_versions = versions()  # the code that runs is the code at start, whatever changes meanwhile
     bench_cls = registry.load("benchmark", cfg.benchmark)
     method_cls = registry.load("method", cfg.method)
-    bench = bench_cls(data_root=cfg.data_root, split=cfg.split)
+    bench = bench_cls(data_root=cfg.data_root, split=cfg.split, **dataset_kwargs(bench_cls, cfg.dataset))
     bench.check_runnable()
     cfg.split = bench.split
     cases = bench.load(cfg.limit)  # validates data before anything is written

@@ -30,7 +30,7 @@ from typing import Any
 
 from editbench.errors import ConfigError
 from editbench.evaluation.tradeoff import AXES, DEFAULT_BASELINE, DEFAULT_MAX_CENSORED_SHARE, DEFAULT_TARGET_HALFWIDTH
-from editbench.evaluation.utility import UtilityConfig, UtilitySuite
+from editbench.evaluation.utility import UtilityConfig, utility_config
 from editbench.evaluation.validity import ValidityBounds, assess, revalidate
 from editbench.plugins import registry
 from editbench.runs.config import CommonConfig, MethodSpec, load_yaml, parse_methods
@@ -82,7 +82,7 @@ class SweepConfig(CommonConfig):
             raise ConfigError(f"sweep config: 'benchmark_options' must be a mapping, got {d['benchmark_options']!r}")
         d["validity"] = ValidityBounds.from_dict(d.get("validity"))
         try:
-            d["utility"] = UtilityConfig(**util)
+            d["utility"] = utility_config(util)
             cfg = cls(**d)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"invalid sweep config: {e}") from None
@@ -168,9 +168,9 @@ class SweepWorker:
     """Computes points on one model: methods, fits (once per configuration), the track and the
     utility suite (its unedited references once) are kept across the points it computes."""
 
-    def __init__(self, cfg: SweepConfig, lm):
+    def __init__(self, cfg: SweepConfig, lm, suite=None):
         self.cfg, self.lm = cfg, lm
-        self.suite = UtilitySuite(cfg.utility, cfg.data_root)
+        self.suite = suite if suite is not None else cfg.utility.suite(cfg.data_root)
         self._track = None
         self._methods: dict[str, Any] = {}
         self._fitted: dict[str, Any] = {}
@@ -224,11 +224,12 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, wait: bool = False, execu
     registry.load("benchmark", cfg.benchmark)
     for m in cfg.methods:
         registry.load("method", m.name)
+    suite = cfg.utility.suite(cfg.data_root)  # the backend's suite: its tasks are checked before the model loads
     work = SweepWork(cfg)
     # results = finished points (items without their point line are orphans, dropped on resume)
     with ResultDir(Path(cfg.out), result_files=(POINTS,)).writing(wait=wait) as out:
         lm = load_model(cfg.model, device=executor.driver_device(cfg.device), dtype=cfg.dtype, seed=cfg.seed)
-        local = work.bind(lm)
+        local = SweepWorker(cfg, lm, suite)  # the work bound to the driver's model, with the checked suite
         planned = []  # every configuration is validated before any compute
         for spec in cfg.methods:
             for params in spec.configs():
