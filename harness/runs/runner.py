@@ -23,6 +23,7 @@ from editbench.errors import ConfigError
 from editbench.plugins import registry
 from editbench.plugins.method import parse_params
 from editbench.runs.config import CommonConfig, check_strengths, params_tag, safe_name
+from editbench.runs.distributed import Executor, ModelSpec
 from editbench.runs.provenance import code_version, record_code_counts, versions
 from editbench.runs.rundir import ResultDir
 
@@ -111,14 +112,48 @@ def _non_finite_note(records: list[dict]) -> str | None:
             "of the aggregates and counted as 'non_finite' in summary.json")
 
 
+@dataclass
+class RunWork:
+    """A run's compute, as a worker (the driver itself, or a Ray actor) builds it once; items are
+    chunks of cases, results their records."""
+
+    cfg: RunConfig
+
+    @property
+    def model(self) -> ModelSpec:
+        return ModelSpec(self.cfg.model, self.cfg.device, self.cfg.dtype, self.cfg.seed)
+
+    def bind(self, lm) -> "RunWorker":
+        return RunWorker(self.cfg, lm)
+
+
+class RunWorker:
+    """The configured method and the benchmark's evaluator on one model."""
+
+    def __init__(self, cfg: RunConfig, lm):
+        self.lm = lm
+        bench_cls = registry.load("benchmark", cfg.benchmark)
+        bench = bench_cls(data_root=cfg.data_root, split=cfg.split, **dataset_kwargs(bench_cls, cfg.dataset))
+        self.method = registry.load("method", cfg.method)(lm, cfg.method_params, seed=cfg.seed)
+        self.evaluator = bench.make_evaluator(lm, self.method, strengths=cfg.strengths, batch_size=cfg.batch_size,
+                                              generation=cfg.generation, max_new_tokens=cfg.max_new_tokens,
+                                              seed=cfg.seed)
+
+    def __call__(self, chunk: list) -> list[dict]:
+        return list(self.evaluator.evaluate(chunk))
+
+
 def execute(cfg: RunConfig, progress: bool = True, on_chunk: Callable[[int], None] | None = None,
-            wait: bool = False) -> dict:
-    """Run (or resume) an evaluation; returns the summary dict (also written to disk)."""
+            wait: bool = False, executor: Executor | None = None) -> dict:
+    """Run (or resume) an evaluation; returns the summary dict (also written to disk). The chunks
+    are computed by ``executor`` (default: in this process) and written here, in order."""
     from tqdm.auto import tqdm
 
     from editbench.modeling.loading import load_model
 
     cfg.validate()
+    executor = executor or Executor()
+    executor.check_device(cfg.device)
     code_versions = versions()  # the code that runs is the code at start, whatever changes meanwhile
     bench_cls = registry.load("benchmark", cfg.benchmark)
     method_cls = registry.load("method", cfg.method)
@@ -130,8 +165,9 @@ def execute(cfg: RunConfig, progress: bool = True, on_chunk: Callable[[int], Non
     out = ResultDir(Path(cfg.out) if cfg.out else cfg.default_out(params))
     cfg.out = str(out.path)
     with out.writing(wait=wait):
-        lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, seed=cfg.seed)
-        method = method_cls(lm, cfg.method_params, seed=cfg.seed)
+        lm = load_model(cfg.model, device=executor.driver_device(cfg.device), dtype=cfg.dtype, seed=cfg.seed)
+        work = RunWork(cfg)
+        local = work.bind(lm)
         resolved = dataclasses.asdict(cfg)
         resolved["method_params"] = resolve_params(method_cls, cfg.method_params)
         resolved["data_root"] = str(bench.data_root)
@@ -145,24 +181,25 @@ def execute(cfg: RunConfig, progress: bool = True, on_chunk: Callable[[int], Non
         previous_versions = (out.previous_summary() or {}).get("versions")
         code = code_version(code_versions)
         done = {(r["case_id"], r["strength"]) for r in existing}
-        evaluator = bench.make_evaluator(lm, method, strengths=cfg.strengths, batch_size=cfg.batch_size,
-                                         generation=cfg.generation, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
         n_done = sum(all((c.case_id, s) in done for s in cfg.strengths) for c in cases)
+        # chunks are aligned on the case list (a resumed run batches as an uninterrupted one); a chunk
+        # with any missing record is recomputed whole
+        todo = []
+        for start in range(0, len(cases), cfg.chunk_size):
+            chunk = cases[start:start + cfg.chunk_size]
+            n_missing = sum(any((c.case_id, s) not in done for s in cfg.strengths) for c in chunk)
+            if n_missing:
+                todo.append((start, chunk, n_missing))
         t0 = time.time()
         bar = tqdm(total=len(cases), initial=n_done, unit="case", disable=not progress,
                    desc=f"{cfg.method} on {cfg.benchmark}", file=sys.stderr)
         try:
-            for start in range(0, len(cases), cfg.chunk_size):
-                chunk = cases[start:start + cfg.chunk_size]
-                missing = [c for c in chunk if any((c.case_id, s) not in done for s in cfg.strengths)]
-                if not missing:
-                    continue
-                records = [{**r, "code": code} for r in evaluator.evaluate(chunk)
-                           if (r["case_id"], r["strength"]) not in done]
+            for (start, chunk, n_missing), computed in zip(todo, executor.map(work, [t[1] for t in todo], local)):
+                records = [{**r, "code": code} for r in computed if (r["case_id"], r["strength"]) not in done]
                 out.append(CASES, records)
                 done |= {(r["case_id"], r["strength"]) for r in records}
                 existing += records
-                bar.update(len(missing))
+                bar.update(n_missing)
                 if on_chunk:
                     on_chunk(start + len(chunk))
         finally:  # also on Ctrl-C / SIGTERM: the bar ends before the CLI's message
@@ -180,12 +217,12 @@ def execute(cfg: RunConfig, progress: bool = True, on_chunk: Callable[[int], Non
             "config": resolved,
             "versions": code_versions,  # of this invocation; record_code: of the records summarised
             "record_code": record_code_counts(mine, previous_versions),
-            "model": lm.provenance(),
+            "model": executor.model_provenance(work, lm),
             "model_numel": sum(p.numel() for p in lm.model.parameters()),
-            "method_class": method.effective_class,
+            "method_class": local.method.effective_class,
             "data": data,
             "wall_seconds_this_invocation": round(time.time() - t0, 2),
-            **evaluator.summarize(mine),
+            **local.evaluator.summarize(mine),
         }
         return out.write_summary(summary, "run")
 

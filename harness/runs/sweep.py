@@ -34,6 +34,7 @@ from editbench.evaluation.utility import UtilityConfig, utility_config
 from editbench.evaluation.validity import ValidityBounds, assess, revalidate
 from editbench.plugins import registry
 from editbench.runs.config import CommonConfig, MethodSpec, load_yaml, parse_methods
+from editbench.runs.distributed import Executor, ModelSpec
 from editbench.runs.provenance import code_version, versions
 from editbench.runs.rundir import ResultDir
 from editbench.runs.tracks import Original
@@ -132,34 +133,121 @@ def point_key(method: str, params: dict, strength: float) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-def run_sweep(cfg: SweepConfig, progress: bool = True, wait: bool = False) -> dict:
-    """Run (or resume) a sweep in ``cfg.out`` under the directory's writer lock."""
+@dataclass(frozen=True)
+class PointTask:
+    """One (point, split) to compute: ``given`` are the hyperparameters as configured (the method
+    is built from them), ``params`` the resolved ones that name the point."""
+
+    method: str
+    given: dict
+    params: dict
+    strength: float
+    split: str
+    original: bool = False  # the unedited model's own point (no method is built)
+
+    @property
+    def key(self) -> str:
+        return point_key(self.method, self.params, self.strength)
+
+
+@dataclass
+class SweepWork:
+    """A sweep's compute, as a worker (the driver itself, or a Ray actor) builds it once."""
+
+    cfg: SweepConfig
+
+    @property
+    def model(self) -> ModelSpec:
+        return ModelSpec(self.cfg.model, self.cfg.device, self.cfg.dtype, self.cfg.seed)
+
+    def bind(self, lm) -> "SweepWorker":
+        return SweepWorker(self.cfg, lm)
+
+
+class SweepWorker:
+    """Computes points on one model: methods, fits (once per configuration), the track and the
+    utility suite (its unedited references once) are kept across the points it computes."""
+
+    def __init__(self, cfg: SweepConfig, lm, suite=None):
+        self.cfg, self.lm = cfg, lm
+        self.suite = suite if suite is not None else cfg.utility.suite(cfg.data_root)
+        self._track = None
+        self._methods: dict[str, Any] = {}
+        self._fitted: dict[str, Any] = {}
+
+    @property
+    def track(self):
+        if self._track is None:
+            self._track = registry.load("benchmark", self.cfg.benchmark).sweep_track(self.lm, self.cfg)
+        return self._track
+
+    def method(self, name: str, given: dict):
+        """The configured method instance (one per configuration)."""
+        mkey = f"{name}|{json.dumps(given, sort_keys=True, default=str)}"
+        if mkey not in self._methods:
+            self._methods[mkey] = registry.load("method", name)(self.lm, given, seed=self.cfg.seed)
+        return self._methods[mkey]
+
+    def __call__(self, task: PointTask) -> dict:
+        """The point's line (without validity, which the driver derives, nor ``code``) and its items."""
+        method = None if task.original else self.method(task.method, task.given)
+        track = self.track
+        t0 = time.perf_counter()
+        fkey = point_key(task.method, task.params, 0.0)
+        if fkey not in self._fitted:
+            self._fitted[fkey] = Original() if method is None else track.fit(method)
+        fit_s = time.perf_counter() - t0
+        fitted = self._fitted[fkey]
+        t1 = time.perf_counter()
+        a_recs, a_agg = track.attribute(fitted, task.strength, task.split)
+        u_recs = []
+        for tag, ctx in track.utility_contexts(fitted, task.strength, task.split):
+            u_recs += [dict(r, edit=tag) for r in self.suite.evaluate(self.lm, ctx, task.split,
+                                                                      batch_size=self.cfg.batch_size)]
+        point = {"key": task.key, "method": task.method, "params": task.params, "strength": task.strength,
+                 "split": task.split, "method_class": "reference" if method is None else method.effective_class,
+                 **a_agg, **self.suite.summarize(u_recs),
+                 "seconds": {"fit": round(fit_s, 3), "eval": round(time.perf_counter() - t1, 3)}}
+        items = ([{"key": task.key, "split": task.split, "kind": "attribute", **r} for r in a_recs] +
+                 [{"key": task.key, "split": task.split, "kind": "utility", **r} for r in u_recs])
+        return {"point": point, "items": items}
+
+
+def run_sweep(cfg: SweepConfig, progress: bool = True, wait: bool = False, executor: Executor | None = None) -> dict:
+    """Run (or resume) a sweep in ``cfg.out`` under the directory's writer lock; the points are
+    computed by ``executor`` (default: in this process) and written here, in the serial order."""
     from editbench.modeling.loading import load_model
 
     cfg.validate()
-    bench_cls = registry.load("benchmark", cfg.benchmark)
-    method_classes = {m.name: registry.load("method", m.name) for m in cfg.methods}
+    executor = executor or Executor()
+    executor.check_device(cfg.device)
+    registry.load("benchmark", cfg.benchmark)
+    for m in cfg.methods:
+        registry.load("method", m.name)
     suite = cfg.utility.suite(cfg.data_root)  # the backend's suite: its tasks are checked before the model loads
+    work = SweepWork(cfg)
     # results = finished points (items without their point line are orphans, dropped on resume)
     with ResultDir(Path(cfg.out), result_files=(POINTS,)).writing(wait=wait) as out:
-        lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, seed=cfg.seed)
+        lm = load_model(cfg.model, device=executor.driver_device(cfg.device), dtype=cfg.dtype, seed=cfg.seed)
+        local = SweepWorker(cfg, lm, suite)  # the work bound to the driver's model, with the checked suite
         planned = []  # every configuration is validated before any compute
         for spec in cfg.methods:
             for params in spec.configs():
-                method = method_classes[spec.name](lm, params, seed=cfg.seed)
+                method = local.method(spec.name, params)
                 resolved_params = json.loads(json.dumps(dataclasses.asdict(method.params), default=str))
-                planned.append((spec, resolved_params, method))
-        track = bench_cls.sweep_track(lm, cfg)
-        return _sweep(out, cfg, lm, suite, track, planned, progress)
+                planned.append((spec, params, resolved_params))
+        return _sweep(out, cfg, work, local, planned, progress, executor)
 
 
-def _sweep(out: ResultDir, cfg: SweepConfig, lm, suite, track, planned: list, progress: bool) -> dict:
+def _sweep(out: ResultDir, cfg: SweepConfig, work: SweepWork, local: SweepWorker, planned: list, progress: bool,
+           executor: Executor) -> dict:
     from tqdm.auto import tqdm
 
     from editbench.evaluation.tradeoff import analyze, item_values
 
+    lm, suite, track = local.lm, local.suite, local.track
     resolved = dataclasses.asdict(cfg)
-    resolved["methods"] = [{"name": s.name, "params": p, "strengths": s.strengths} for s, p, _ in planned]
+    resolved["methods"] = [{"name": s.name, "params": p, "strengths": s.strengths} for s, _, p in planned]
     resolved["track"] = track.describe()
     data = {"benchmark": track.provenance(), "utility": suite.data_files()}
     resolved["data_sha256"] = {**_hashes(data["benchmark"]), **{Path(f).name: h for f, h in data["utility"].items()}}
@@ -176,40 +264,27 @@ def _sweep(out: ResultDir, cfg: SweepConfig, lm, suite, track, planned: list, pr
 
     run_versions = versions()  # taken at start: the code that runs is the code at start
     code = code_version(run_versions)  # per point: resumes may span commits
-    todo = [("unedited", {}, 0.0, None)] + [(s.name, p, st, m) for s, p, m in planned for st in s.strengths]
+    splits = ("val", "test")  # every point on both, in this order (the serial order the files keep)
+    tasks = [PointTask("unedited", {}, {}, 0.0, split, original=True) for split in splits]
+    tasks += [PointTask(s.name, given, p, st, split) for s, given, p in planned for st in s.strengths
+              for split in splits]
+    missing, seen = [], set(done)  # in order, each (point, split) once (a configuration listed twice is one point)
+    for t in tasks:
+        if (t.key, t.split) not in seen:
+            seen.add((t.key, t.split))
+            missing.append(t)
     # the unedited point of each split (first in todo, or from an earlier invocation): validity's reference
     refs = {r["split"]: r for r in written if r.get("method") == "unedited"}
-    bar = tqdm(total=2 * len(todo), unit="point", disable=not progress, desc=f"sweep {cfg.benchmark}")
+    bar = tqdm(total=len(tasks), initial=len(tasks) - len(missing), unit="point", disable=not progress,
+               desc=f"sweep {cfg.benchmark}")
     try:  # the bar is closed before an interrupt's message is printed
-        fitted_cache: dict[str, Any] = {}
-        for name, params, strength, method in todo:
-            key = point_key(name, params, strength)
-            for split in ("val", "test"):
-                if (key, split) in done:
-                    bar.update(1)
-                    continue
-                t0 = time.perf_counter()
-                fkey = point_key(name, params, 0.0)
-                if fkey not in fitted_cache:
-                    fitted_cache[fkey] = Original() if method is None else track.fit(method)
-                fit_s = time.perf_counter() - t0
-                fitted = fitted_cache[fkey]
-                t1 = time.perf_counter()
-                a_recs, a_agg = track.attribute(fitted, strength, split)
-                u_recs = []
-                for tag, ctx in track.utility_contexts(fitted, strength, split):
-                    u_recs += [dict(r, edit=tag) for r in suite.evaluate(lm, ctx, split, batch_size=cfg.batch_size)]
-                point = {"key": key, "method": name, "params": params, "strength": strength, "split": split,
-                         "method_class": "reference" if method is None else method.effective_class,
-                         **a_agg, **suite.summarize(u_recs),
-                         "seconds": {"fit": round(fit_s, 3), "eval": round(time.perf_counter() - t1, 3)}, "code": code}
-                refs.setdefault(split, point)
-                point.update(assess(point, refs[split], cfg.validity))
-                out.append(ITEMS, [{"key": key, "split": split, "kind": "attribute", **r} for r in a_recs] +
-                           [{"key": key, "split": split, "kind": "utility", **r} for r in u_recs])
-                out.append(POINTS, [point])  # written last: a point counts as done only with its items
-                done.add((key, split))
-                bar.update(1)
+        for task, result in zip(missing, executor.map(work, missing, local)):
+            point = {**result["point"], "code": code}
+            refs.setdefault(task.split, point)
+            point.update(assess(point, refs[task.split], cfg.validity))
+            out.append(ITEMS, result["items"])
+            out.append(POINTS, [point])  # written last: a point counts as done only with its items
+            bar.update(1)
     finally:
         bar.close()
     points = out.load_records(POINTS)
@@ -218,7 +293,7 @@ def _sweep(out: ResultDir, cfg: SweepConfig, lm, suite, track, planned: list, pr
         out.rewrite(POINTS, checked)
         points = checked
     items = item_values(out.load_records(ITEMS))
-    summary = {"config": resolved, "versions": run_versions, "model": lm.provenance(), "data": data,
+    summary = {"config": resolved, "versions": run_versions, "model": executor.model_provenance(work, lm), "data": data,
                "analysis": analyze(points, resolved["track"], baseline=cfg.baseline, matched_axis=cfg.matched_axis,
                                    items=items, max_censored_share=cfg.max_censored_share,
                                    target_halfwidth=cfg.target_halfwidth)}
