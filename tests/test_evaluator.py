@@ -89,3 +89,10 @@ def test_fluency_and_todo(cf_root):
     assert set(summ["points"]) == {"1.0", "2.0"}
     assert summ["points"]["2.0"]["post"]["efficacy"]["n"] == 2
     assert "score" in summ["pre"] and "fluency" in summ["pre"]
+    # rates whose bootstrap collapses get a Wilson interval; the pre-edit definitional zeros stay exact
+    post = summ["points"]["2.0"]["post"]
+    for state, aggs in (("pre", summ["pre"]), ("post", post)):
+        for m in ("efficacy", "specificity") + (("subject_leak",) if state == "post" else ()):
+            lo, hi = aggs[m]["ci95"]
+            assert hi > lo, (state, m, aggs[m])  # n = 2 cases: never certainty
+    assert summ["pre"]["subject_leak"]["ci95"] == [0.0, 0.0]

@@ -72,3 +72,35 @@ def test_aggregate_joint_score():
     agg = M.aggregate_joint([es, ps, ns], M.hmean_rows)
     assert agg["mean"] == pytest.approx(100 * M.harmonic_mean([0.75, 0.5, 0.75]))
     assert agg["ci95"][0] <= agg["mean"] <= agg["ci95"][1]
+
+
+def test_wilson_interval_where_the_bootstrap_has_zero_width():
+    """5 of 5 cases at 100 is not certainty: a rate's CI is the Wilson interval (hand-computed:
+    k=n=5 gives [56.55, 100]) where the percentile bootstrap collapses; a varied sample keeps the
+    bootstrap, a non-rate metric keeps zero width, and a lone case gets Wilson too."""
+    from editbench.evaluation.metrics import aggregate, wilson_interval
+
+    all_hit = aggregate([1.0] * 5, proportion=True)
+    assert all_hit["ci95"][0] == pytest.approx(56.55, abs=0.01) and all_hit["ci95"][1] == 100.0
+    assert all_hit["ci_method"] == "wilson"
+    assert aggregate([0.0] * 5, proportion=True)["ci95"] == pytest.approx([0.0, 43.45], abs=0.01)
+    assert aggregate([1.0] * 5)["ci95"] == [100.0, 100.0]  # not declared a rate: unchanged
+    varied = aggregate([0.0, 1.0, 1.0, 0.5, 1.0], proportion=True)
+    assert "ci_method" not in varied and varied == aggregate([0.0, 1.0, 1.0, 0.5, 1.0])
+    one = aggregate([1.0], proportion=True)
+    assert one["ci95"][0] == pytest.approx(100 * wilson_interval(1, 1)[0]) and one["ci95"][0] < 25
+    # hand computation for a fractional count: p = 0.5, n = 4
+    lo, hi = wilson_interval(2.0, 4)
+    z = 1.959963984540054
+    c, h = (0.5 + z * z / 8) / (1 + z * z / 4), z * (0.25 / 4 + z * z / 64) ** 0.5 / (1 + z * z / 4)
+    assert (lo, hi) == pytest.approx((c - h, c + h))
+
+
+def test_rates_are_declared_and_pre_edit_zeros_stay_exact():
+    from editbench.evaluation import metric_registry as R
+    from editbench.evaluation.scope import ZERO_BEFORE_EDIT
+
+    assert all(R.spec_of(m).proportion for m in ("efficacy", "subject_specificity", "cfplus_specificity", "subject_leak"))
+    assert not any(R.spec_of(m).proportion for m in ("efficacy_magnitude", "subject_kl", "neutral_kl", "fluency"))
+    assert R.spec_of("efficacy", {"efficacy": "lower"}).proportion  # a direction override keeps the rest
+    assert "subject_leak" in ZERO_BEFORE_EDIT

@@ -27,8 +27,9 @@ import torch
 
 from editbench.evaluation import metric_registry
 from editbench.evaluation import metrics as M
-from editbench.evaluation.scope import (FLUENCY_MAX_NEW_TOKENS, HEALTH_METRICS, SUBJECT_TEMPLATES, HealthProbe,
-                                        check_subject_templates, cfplus_prompts, run_under, subject_probes)
+from editbench.evaluation.scope import (FLUENCY_MAX_NEW_TOKENS, HEALTH_METRICS, SUBJECT_TEMPLATES, ZERO_BEFORE_EDIT,
+                                        HealthProbe, check_subject_templates, cfplus_prompts, run_under,
+                                        subject_probes)
 from editbench.modeling.interventions import Intervention
 from editbench.modeling.loading import LoadedModel
 from editbench.requests import EditCase
@@ -281,9 +282,11 @@ class KnowledgeEditEvaluator:
                          if any(m in r[state] for r in rs)]
                 agg = {}
                 for m in names:
-                    scale = 100.0 if metric_registry.spec_of(m).scale == "percent" else 1.0
+                    spec = metric_registry.spec_of(m)
+                    scale = 100.0 if spec.scale == "percent" else 1.0
                     bad = sum(m in (r.get("non_finite") or {}).get(state, ()) for r in rs)
-                    agg[m] = M.aggregate([r[state].get(m) for r in rs], scale=scale, non_finite=bad)
+                    agg[m] = M.aggregate([r[state].get(m) for r in rs], scale=scale, non_finite=bad,
+                                         proportion=spec.proportion and not (state == "pre" and m in ZERO_BEFORE_EDIT))
                 agg["score"] = M.aggregate_joint(
                     [[r[state]["efficacy"] for r in rs], [r[state]["generalization"] for r in rs],
                      [r[state]["specificity"] for r in rs]], M.hmean_rows)

@@ -27,6 +27,9 @@ class MetricSpec:
     description: str = ""
     #: table position (lower first); unknown metrics follow alphabetically.
     order: int = 1000
+    #: per-case values are rates in [0, 1]: a CI the bootstrap cannot give (every case 0, or every
+    #: case 1, or one case) is the Wilson score interval instead of zero width
+    proportion: bool = False
 
 
 _REGISTRY: dict[str, MetricSpec] = {}
@@ -53,7 +56,7 @@ def spec_of(name: str, overrides: Mapping[str, str] | None = None) -> MetricSpec
     spec = _REGISTRY.get(name) or MetricSpec(name, scale="raw")
     if overrides and name in overrides:
         hib = str(overrides[name]).lower() not in ("lower", "min", "false", "down")
-        spec = MetricSpec(spec.name, hib, spec.scale, spec.headline, spec.description, spec.order)
+        spec = MetricSpec(spec.name, hib, spec.scale, spec.headline, spec.description, spec.order, spec.proportion)
     return spec
 
 
@@ -83,14 +86,14 @@ def all_specs() -> dict[str, MetricSpec]:
 # The built-in metrics (CounterFact, attribute benchmarks, utility suite). Order is the report's.
 _BUILTIN = [
     MetricSpec("score", headline=True, description="harmonic mean of efficacy, generalization, specificity"),
-    MetricSpec("efficacy", headline=True, description="ES: P(o*) > P(o) on the rewrite prompt"),
-    MetricSpec("generalization", headline=True, description="PS: ES on paraphrases"),
-    MetricSpec("specificity", headline=True, description="NS: P(o) > P(o*) on neighbourhood prompts"),
-    MetricSpec("subject_specificity", headline=True,
+    MetricSpec("efficacy", proportion=True, headline=True, description="ES: P(o*) > P(o) on the rewrite prompt"),
+    MetricSpec("generalization", proportion=True, headline=True, description="PS: ES on paraphrases"),
+    MetricSpec("specificity", proportion=True, headline=True, description="NS: P(o) > P(o*) on neighbourhood prompts"),
+    MetricSpec("subject_specificity", proportion=True, headline=True,
                description="NS rule on other-relation facts about the edited subject: P(Y's true object) > P(o*)"),
-    MetricSpec("cfplus_specificity", headline=True,
+    MetricSpec("cfplus_specificity", proportion=True, headline=True,
                description="CounterFact+ NS: P(o) > P(o*) on neighbourhood prompts after the edit statement"),
-    MetricSpec("subject_leak", higher_is_better=False, headline=True,
+    MetricSpec("subject_leak", proportion=True, higher_is_better=False, headline=True,
                description="share of same-subject probes whose greedy next token becomes o*'s first token"),
     MetricSpec("neutral_kl", higher_is_better=False, scale="nats", headline=True,
                description="mean next-token KL(unedited || edited) over fixed wikitext-2 windows"),
@@ -101,19 +104,19 @@ _BUILTIN = [
     MetricSpec("efficacy_magnitude", description="EM: p(o*) - p(o) on the rewrite prompt"),
     MetricSpec("generalization_magnitude", description="PM: p(o*) - p(o) on paraphrases"),
     MetricSpec("specificity_magnitude", description="NM: p(o) - p(o*) on neighbourhood prompts"),
-    MetricSpec("ee_rewrite_acc", description="EasyEdit teacher-forced token accuracy of target_new"),
-    MetricSpec("ee_rephrase_acc", description="EasyEdit token accuracy on the paraphrase"),
-    MetricSpec("ee_locality", description="EasyEdit share of unchanged argmax tokens on neighbourhood"),
-    MetricSpec("ft_acc", description="greedy first token equals target_new's (rewrite prompt)"),
-    MetricSpec("ft_gen", description="greedy first token equals target_new's (paraphrases)"),
-    MetricSpec("ft_spec", description="greedy first token unchanged (neighbourhood)"),
-    MetricSpec("doubt_1", description="doubt probe 1"),
-    MetricSpec("doubt_2", description="doubt probe 2"),
+    MetricSpec("ee_rewrite_acc", proportion=True, description="EasyEdit teacher-forced token accuracy of target_new"),
+    MetricSpec("ee_rephrase_acc", proportion=True, description="EasyEdit token accuracy on the paraphrase"),
+    MetricSpec("ee_locality", proportion=True, description="EasyEdit share of unchanged argmax tokens on neighbourhood"),
+    MetricSpec("ft_acc", proportion=True, description="greedy first token equals target_new's (rewrite prompt)"),
+    MetricSpec("ft_gen", proportion=True, description="greedy first token equals target_new's (paraphrases)"),
+    MetricSpec("ft_spec", proportion=True, description="greedy first token unchanged (neighbourhood)"),
+    MetricSpec("doubt_1", proportion=True, description="doubt probe 1"),
+    MetricSpec("doubt_2", proportion=True, description="doubt probe 2"),
     MetricSpec("subject_specificity_magnitude", description="p(Y's true object) - p(o*) on other-relation facts"),
     MetricSpec("cfplus_specificity_magnitude", description="CounterFact+ NM: p(o) - p(o*)"),
     MetricSpec("subject_kl", higher_is_better=False, scale="nats",
                description="mean next-token KL(unedited || edited) after fixed same-subject probes"),
-    MetricSpec("subject_leak_any", higher_is_better=False,
+    MetricSpec("subject_leak_any", proportion=True, higher_is_better=False,
                description="share of same-subject probes whose greedy next token is o*'s first token"),
     MetricSpec("cfplus_kl", higher_is_better=False, scale="nats",
                description="CounterFact+ NKL: next-token KL(unedited || edited) on the prepended prompts"),
@@ -121,4 +124,5 @@ _BUILTIN = [
                description="n-gram entropy of max_new_tokens greedy generations (--generation)"),
 ]
 for _i, _s in enumerate(_BUILTIN):
-    register_metric(MetricSpec(_s.name, _s.higher_is_better, _s.scale, _s.headline, _s.description, order=_i))
+    register_metric(MetricSpec(_s.name, _s.higher_is_better, _s.scale, _s.headline, _s.description, order=_i,
+                               proportion=_s.proportion))

@@ -110,13 +110,31 @@ def split_non_finite(metrics: dict) -> list[str]:
     return bad
 
 
-def aggregate(values: Sequence[float | None], scale: float = 100.0, non_finite: int = 0) -> dict:
+def wilson_interval(successes: float, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score 95% interval of a proportion from ``n`` trials. ``successes`` may be fractional
+    (the sum of per-case rates in [0, 1]): a [0, 1] variable with mean p has variance at most
+    p(1 - p), so the Bernoulli interval is a conservative bound for it."""
+    p, z2 = successes / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(max(p * (1 - p), 0.0) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def aggregate(values: Sequence[float | None], scale: float = 100.0, non_finite: int = 0,
+              proportion: bool = False) -> dict:
     """mean, std, n and bootstrap 95% CI of per-case values, times ``scale``. None (not applicable or
     non-finite) and NaN values are left out; ``non_finite`` (how many were NaN/inf) is reported
-    alongside when non-zero, and NaN/inf values still in ``values`` are counted there too."""
+    alongside when non-zero, and NaN/inf values still in ``values`` are counted there too.
+    ``proportion`` (per-case rates in [0, 1]): where the bootstrap interval has zero width (one case,
+    or every case 0 or every case 1: 5 of 5 cases at 100 is not certainty) the CI is the Wilson
+    score interval, and ``ci_method`` says so."""
     finite = [v for v in values if v is not None and math.isfinite(v)]
     non_finite += sum(1 for v in values if v is not None and not math.isfinite(v))
     out = _aggregate(finite, scale)
+    lo, hi = out["ci95"]
+    if proportion and out["n"] and lo == hi:
+        w = wilson_interval(out["mean"] / scale * out["n"], out["n"])
+        out["ci95"], out["ci_method"] = [w[0] * scale, w[1] * scale], "wilson"
     if non_finite:
         out["non_finite"] = int(non_finite)
     return out

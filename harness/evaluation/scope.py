@@ -194,6 +194,10 @@ def run_under(lm, ivs: Sequence[Intervention], strength: float, items: Sequence[
 
 
 # ---------------------------------------------------------------------------------------------
+#: metrics measured against the unedited model, so 0 by definition in the pre-edit row (exact: no CI)
+ZERO_BEFORE_EDIT = ("subject_kl", "subject_leak", "cfplus_kl", "neutral_kl")
+
+
 @dataclass
 class CasePre:
     """What the post-edit pass needs of one case's unedited model (kept for the chunk only)."""
@@ -208,7 +212,8 @@ class CasePre:
     fluency_long: float | None
 
     def metrics(self, neutral: bool) -> dict:
-        """The pre-edit row: KLs and the new-leak rate are 0 by definition (unedited vs itself)."""
+        """The pre-edit row: KLs and the new-leak rate are 0 by definition (unedited vs itself:
+        :data:`ZERO_BEFORE_EDIT`)."""
         out: dict = {}
         if self.probes:
             out.update({"subject_kl": 0.0, "subject_leak": 0.0,
