@@ -52,3 +52,18 @@ def test_gemma3_loads():
     paris, berlin = score_targets(lm, [ScoreRequest("The capital of France is", "Paris"),
                                        ScoreRequest("The capital of France is", "Berlin")])
     assert paris.nll < berlin.nll
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
+def test_prefix_sharing_is_exact_on_the_embedded_models(name):
+    """Packed rows (one prompt, several targets) equal one row per pair on the real models too
+    (Gemma 3 mixes sliding-window and global layers: one mask per layer type)."""
+    lm = load_model(name)
+    prompts = ["The mother tongue of Danielle Darrieux is", "Autonomous University of Madrid, which is located in",
+               "Question: Which gas do plants take in for photosynthesis?\nAnswer:"]
+    targets = ["French", "English", "carbon dioxide", "the Kingdom of Spain", "oxygen"]
+    reqs = [ScoreRequest(p, t) for p in prompts for t in targets]
+    alone = score_targets(lm, reqs, share_prefix=False)
+    packed = score_targets(lm, reqs)
+    assert max(abs(x - y) for a, b in zip(alone, packed) for x, y in zip(a.token_nll, b.token_nll)) < 1e-4
+    assert [a.argmax_ids for a in alone] == [b.argmax_ids for b in packed]
