@@ -291,3 +291,33 @@ def test_censored_share_from_item_records():
     assert track.attribute(Fitted(), 1.0, "val")[1]["censored_share"] == 0.25  # unknown items left out
     track.bench = Bench([{"value": 5.0}])  # a benchmark that does not say: unknown, no share
     assert "censored_share" not in track.attribute(Fitted(), 1.0, "val")[1]
+
+
+def test_paired_score_gain_for_knowledge_edit_points():
+    """The CounterFact attribute (Score = harmonic mean of the ES, PS, NS column means) is not an
+    item mean: its gain is bootstrapped by resampling cases jointly for both points, checked against
+    scipy's paired bootstrap of the same statistic; KE item records yield (ES, PS, NS) triples."""
+    from editbench.evaluation.metrics import hmean_rows
+    from editbench.evaluation.tradeoff import item_values
+
+    rng = np.random.default_rng(3)
+    n = 50
+    a = (rng.random((n, 3)) < [0.9, 0.7, 0.6]).astype(float)
+    b = np.where(rng.random((n, 3)) < 0.85, a, 1 - a)
+
+    def score(x):
+        return float(hmean_rows(x.mean(axis=0)[None])[0])
+
+    g = paired_gain([(1.0, {i: tuple(r) for i, r in enumerate(a)}), (-1.0, {i: tuple(r) for i, r in enumerate(b)})],
+                    100.0, hmean_rows)
+    assert g["mean"] == pytest.approx(100 * (score(a) - score(b))) and g["n"] == n
+    ref = stats.bootstrap((np.arange(n),), lambda idx, axis=-1: np.apply_along_axis(
+        lambda k: score(a[k.astype(int)]) - score(b[k.astype(int)]), axis, idx),
+        method="percentile", n_resamples=4000, random_state=1).confidence_interval
+    assert g["ci95"][0] == pytest.approx(100 * ref.low, abs=3) and g["ci95"][1] == pytest.approx(100 * ref.high, abs=3)
+    assert g["ci95"][0] < g["mean"] < g["ci95"][1]
+    recs = [{"kind": "attribute", "key": "k", "split": "test", "item_id": 7, "value": None,
+             "post": {"efficacy": 1.0, "generalization": 0.5, "specificity": 0.0, "doubt_1": 1.0}},
+            {"kind": "attribute", "key": "k", "split": "test", "item_id": 8, "value": None,
+             "post": {"efficacy": 1.0, "generalization": None, "specificity": 0.0}}]  # incomplete: left out
+    assert item_values(recs) == {("k", "test"): {"7": (1.0, 0.5, 0.0)}}

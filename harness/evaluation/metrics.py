@@ -97,7 +97,8 @@ def ngram_entropy(text: str, ns: Sequence[int] = (2, 3), weights: Sequence[float
 
 
 # --------------------------------------------------------------------------------------------
-def _bootstrap_idx(n: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+def bootstrap_indices(n: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """``[resamples, n]`` case indices drawn with replacement (fixed seed: reproducible reports)."""
     return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
 
 
@@ -147,7 +148,7 @@ def _aggregate(values: Sequence[float], scale: float) -> dict:
         return {"mean": None, "std": None, "n": 0, "ci95": [None, None]}
     mean, std = float(x.mean()), float(x.std(ddof=1)) if n > 1 else 0.0
     if n > 1:
-        boot = x[_bootstrap_idx(n)].mean(axis=1)
+        boot = x[bootstrap_indices(n)].mean(axis=1)
         lo, hi = np.percentile(boot, [2.5, 97.5])
     else:
         lo = hi = mean
@@ -165,7 +166,7 @@ def aggregate_joint(columns: Sequence[Sequence[float]], statistic: Callable[[np.
         return {"mean": None, "std": None, "n": 0, "ci95": [None, None]}
     point = float(statistic(X.mean(axis=0)[None])[0])
     if n > 1:
-        boot = statistic(X[_bootstrap_idx(n)].mean(axis=1))
+        boot = statistic(X[bootstrap_indices(n)].mean(axis=1))
         lo, hi = np.percentile(boot, [2.5, 97.5])
         std = float(boot.std(ddof=1))  # bootstrap standard error: the per-case value is not defined
     else:

@@ -12,7 +12,9 @@ items, which is the common case for nearby strengths.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
 
 from editbench.evaluation import metrics as M
 
@@ -20,13 +22,29 @@ from editbench.evaluation import metrics as M
 Z95 = 1.959963984540054
 
 
-def paired_gain(terms: Sequence[tuple[float, Mapping[Any, float]]], scale: float) -> dict | None:
+def paired_gain(terms: Sequence[tuple[float, Mapping[Any, Any]]], scale: float,
+                statistic: Callable[[np.ndarray], np.ndarray] | None = None) -> dict | None:
     """``sum_k w_k * mean(values_k)`` over the items every term has (``terms``: (w_k, {item id:
     value})), with the percentile bootstrap CI of :func:`editbench.evaluation.metrics.aggregate`
     over the per-item differences; ``no_detectable_difference`` when the CI contains 0. None when
-    no item is shared."""
+    no item is shared.
+
+    ``statistic``: the values are per-item vectors and each term's attribute is ``statistic`` of
+    their column means (the knowledge-edit Score: the harmonic mean of ES, PS and NS, which is not
+    an item mean); the gain ``sum_k w_k * statistic_k`` is then bootstrapped by resampling the
+    shared items jointly for every term (the same resamples as every other CI)."""
     shared = set.intersection(*(set(vals) for _, vals in terms)) if terms else set()
     ids = sorted(shared, key=str)
+    if statistic is not None:
+        if not ids:
+            return None
+        cols = [(w, np.asarray([vals[i] for i in ids], dtype=np.float64)) for w, vals in terms]  # [n, k] each
+        point = sum(w * float(statistic(X.mean(axis=0)[None])[0]) for w, X in cols)
+        idx = M.bootstrap_indices(len(ids))
+        boot = sum(w * statistic(X[idx].mean(axis=1)) for w, X in cols)
+        lo, hi = (float(v) * scale for v in np.percentile(boot, [2.5, 97.5])) if len(ids) > 1 else (point * scale,) * 2
+        return {"mean": point * scale, "ci95": [lo, hi], "n": len(ids),
+                "no_detectable_difference": bool(lo <= 0 <= hi)}
     diffs = [sum(w * vals[i] for w, vals in terms) for i in ids]
     agg = M.aggregate(diffs, scale=scale)
     if agg["mean"] is None:

@@ -29,6 +29,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from editbench.evaluation import metrics as M
 from editbench.evaluation.power import paired_gain, power_statement
 from editbench.evaluation.validity import is_valid, validity_note
 
@@ -132,15 +133,29 @@ def varying_params(points: Sequence[Point]) -> dict[str, list[str]]:
 DEFAULT_BASELINE = "steering"
 
 
-def item_values(records: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], dict[Any, float]]:
-    """:data:`Items` from items.jsonl records: attribute items with a numeric per-item ``value``
-    (knowledge-edit points have none: their attribute is a harmonic mean, not an item mean)."""
-    out: dict[tuple[str, str], dict[Any, float]] = {}
+#: the per-case columns of the knowledge-edit Score (its attribute is their harmonic mean)
+SCORE_COLUMNS = ("efficacy", "generalization", "specificity")
+
+
+def item_values(records: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], dict[Any, Any]]:
+    """:data:`Items` from items.jsonl records: attribute items with a numeric per-item ``value``;
+    knowledge-edit cases (no ``value``: their attribute, the Score, is a harmonic mean of column
+    means, not an item mean) give their (ES, PS, NS) triple instead."""
+    out: dict[tuple[str, str], dict[Any, Any]] = {}
     for r in records:
-        v = r.get("value")
-        if r.get("kind") == "attribute" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        if r.get("kind") != "attribute":
+            continue
+        v, post = r.get("value"), r.get("post") or {}
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
             out.setdefault((r["key"], r["split"]), {})[json.dumps(r.get("item_id"))] = float(v)
+        elif v is None and all(_finite_number(post.get(c)) for c in SCORE_COLUMNS):
+            out.setdefault((r["key"], r["split"]), {})[json.dumps(r.get("item_id"))] = tuple(
+                float(post[c]) for c in SCORE_COLUMNS)
     return out
+
+
+def _finite_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def analyze(points: Sequence[Point], track: dict, baseline: str = DEFAULT_BASELINE, matched_axis: str = "kl",
@@ -212,7 +227,11 @@ def _gain(p: Point, front: list[Point], sign: float, axis: str, items: Items, li
         return {"censored": share, "x": x}
     base = sum(w * fxy[i][1] for i, w in b)
     terms = [(1.0, items.get((p["key"], p["split"]))), *((-w, items.get((front[i]["key"], p["split"]))) for i, w in b)]
-    ci = paired_gain(terms, scale) if all(t[1] for t in terms) else None
+    if all(t[1] for t in terms):
+        joint = isinstance(next(iter(terms[0][1].values())), tuple)  # knowledge-edit cases: the Score
+        ci = paired_gain(terms, scale, M.hmean_rows if joint else None)
+    else:
+        ci = None
     return {"gain": sign * (y - base), "baseline": sign * base, "x": x, "ci": ci}
 
 
