@@ -18,11 +18,11 @@ from typing import Any, Sequence
 
 from editbench.errors import EditbenchError
 from editbench.evaluation import metric_registry
-from editbench.evaluation.tradeoff import varying_params
+from editbench.evaluation.tradeoff import DEFAULT_BASELINE, varying_params
 from editbench.evaluation.validity import validity_note
 from editbench.report.health import (UNKNOWN_CLASS, HealthThresholds, assess, best_per_class, class_legend,
                                      class_rank, health_detail, is_flagged, reference_health, resolve_class)
-from editbench.report.model import (DEFAULT_BASELINE, MISSING, REFERENCE_METHOD, Run, Sweep, as_number,
+from editbench.report.model import (MISSING, REFERENCE_METHOD, Run, Sweep, as_number,
                                     code_version_label, direction_overrides, is_reference, items_file,
                                     newer_than_summary, normalize_agg, protocol_diff, protocol_of, read_cases,
                                     run_metrics)

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 from editbench.dtypes import DTYPE_ALIASES
 from editbench.errors import EditbenchError
 from editbench.evaluation import metric_registry
-from editbench.evaluation.tradeoff import DEFAULT_BASELINE  # noqa: F401 - re-exported for the report
+from editbench.evaluation.tradeoff import DEFAULT_BASELINE
 from editbench.report.health import is_flagged
 from editbench import results
 
@@ -40,15 +40,6 @@ def as_number(v: Any) -> float | None:
 # =============================================================================================
 # Reading results files: through the results layer (editbench.results)
 # =============================================================================================
-def read_json(path: Path) -> Any:
-    return results.read_json(path)
-
-
-def read_jsonl(path: Path, strict: bool = False) -> list:
-    """JSON lines, read-only (an unfinished last line is skipped, nothing is modified)."""
-    return results.read_jsonl(path, strict=strict)
-
-
 def load_summary(run_dir: str | Path) -> dict:
     """A run's summary.json, validated by the results layer so that reporting cannot fail halfway."""
     return results.load_summary(run_dir, expect="run").data
