@@ -26,7 +26,7 @@ def _run_plan(a: argparse.Namespace) -> list[tuple[dict, Any]]:
     common = dict(model=a.model, benchmark=a.benchmark, split=a.split, limit=a.limit, seed=a.seed,
                   batch_size=a.batch_size, chunk_size=a.chunk_size, device=a.device, dtype=a.dtype,
                   generation=a.generation, max_new_tokens=a.max_new_tokens, data_root=a.data_root,
-                  dataset=a.dataset)
+                  dataset=a.dataset, cases=a.cases)
     if a.config:
         if a.param or a.grid or a.method != "unedited":
             raise EditbenchError("--config gives the methods; do not combine it with --method, --param or --grid")
@@ -223,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dataset", default=None, metavar="hub:OWNER/NAME[@REV][?split=S]",
                    help="read the cases from a Hugging Face hub dataset instead of the data root's split file "
                         "(counterfact: EasyEdit or ROME columns; the split is the hub split, default train)")
+    r.add_argument("--cases", default=None, choices=None, metavar="with-subject-facts",
+                   help="evaluate only the split's cases that have another CounterFact fact about their subject "
+                        "(subject_specificity then applies to every case); --limit counts those")
     r.add_argument("--config", default=None, metavar="FILE.yaml",
                    help="run every entry of a config's methods: list (the sweep's shape: name, params, grid, strengths)")
     r.add_argument("--wait", action="store_true", help="wait for another process writing the same --out")

@@ -71,3 +71,30 @@ def test_shared_data_files():
     assert all(len(c.paraphrase_prompts) == 2 and len(c.neighborhood_prompts) == 10 for c in rome)
     prov = CounterFact(root, "rome500").provenance()
     assert list(prov["files"].values()) == ["99a455fe1b99dc332ec1fa921e69fd9297606e9c51d4f108522782f6ad125803"]
+
+
+def test_cases_with_subject_facts(tmp_path, capsys):
+    """``--cases with-subject-facts`` keeps the split's cases that have another fact about their
+    subject (5 of the first 100 `edit` cases; 546 of all), so subject_specificity covers every case;
+    the selection is a result key and part of the default directory; a bad value is one line."""
+    from editbench.cli import main
+
+    first = CounterFact(split="edit").load(100)
+    with_facts = [c.case_id for c in first if c.extra["subject_neighbours"]]
+    assert len(with_facts) == 5
+    picked = CounterFact(split="edit").load(5, with_subject_facts=True)
+    assert [c.case_id for c in picked] == with_facts and all(c.extra["subject_neighbours"] for c in picked)
+    assert len(CounterFact(split="edit").load(None, with_subject_facts=True)) == 546
+
+    out = tmp_path / "run"
+    assert main(["run", "--model", "tiny-llama", "--limit", "2", "--cases", "with-subject-facts", "--quiet",
+                 "--out", str(out)]) == 0
+    summ = json.loads((out / "summary.json").read_text())
+    assert summ["pre"]["subject_specificity"]["n"] == 2
+    assert json.loads((out / "config.json").read_text())["cases"] == "with-subject-facts"
+    capsys.readouterr()
+    assert main(["run", "--model", "tiny-llama", "--limit", "2", "--quiet", "--out", str(out)]) == 2  # other cases
+    assert "different cases" in capsys.readouterr().err
+    assert main(["run", "--model", "tiny-llama", "--cases", "all-of-them", "--quiet", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown --cases selection" in err[0]

@@ -29,7 +29,9 @@ from editbench.runs.rundir import ResultDir
 
 # Keys whose change alters results: a run directory refuses to resume under different values.
 RESULT_KEYS = ("model", "benchmark", "split", "method", "method_params", "strengths", "seed", "dtype",
-               "generation", "max_new_tokens", "dataset")
+               "generation", "max_new_tokens", "dataset", "cases")
+#: ``--cases`` selections: which of a split's cases a run evaluates (None: all, in file order)
+CASE_SELECTIONS = ("with-subject-facts",)
 # Inputs whose content must not change under a run's records (checked on resume).
 PROVENANCE_KEYS = ("data_sha256", "weights_sha256")
 RECORD_FIELDS = {"case_id": (int, str), "strength": (int, float), "pre": dict, "post": dict}
@@ -51,6 +53,8 @@ class RunConfig(CommonConfig):
     out: str | None = None
     #: a hub dataset instead of the data root's split file (``hub:OWNER/NAME[@REV][?split=S]``)
     dataset: str | None = None
+    #: a selection of the split's cases (:data:`CASE_SELECTIONS`), applied before ``limit``
+    cases: str | None = None
 
     def validate(self) -> None:
         self.validate_common()
@@ -63,6 +67,8 @@ class RunConfig(CommonConfig):
             raise ConfigError("--out must not be empty (leave it out for the default directory)")
         if not isinstance(self.method_params, dict):
             raise ConfigError(f"method_params must be a mapping, got {self.method_params!r}")
+        if self.cases is not None and self.cases not in CASE_SELECTIONS:
+            raise ConfigError(f"unknown --cases selection {self.cases!r} (choose from: {', '.join(CASE_SELECTIONS)})")
         if self.dataset is not None:
             from editbench.datasets_io import HubSource
 
@@ -76,6 +82,7 @@ class RunConfig(CommonConfig):
             if changed:
                 tag += "-" + params_tag(changed)
         bench = f"{self.benchmark}-{self.split}" + (f"-{safe_name({'dataset': self.dataset})}" if self.dataset else "")
+        bench += f"-{self.cases}" if self.cases else ""
         return Path("runs") / self.model.replace("/", "__") / bench / tag
 
 
@@ -97,6 +104,18 @@ def dataset_kwargs(bench_cls: type, dataset: str | None) -> dict[str, str]:
         raise ConfigError(f"benchmark '{bench_cls.name}' takes no --dataset (attribute benchmarks read a hub dataset "
                           "through a sweep's benchmark_options: {dataset: ...})")
     return {"dataset": dataset}
+
+
+def load_cases(bench, cfg: RunConfig) -> list:
+    """The run's cases: the split's first ``limit``, or of the ``cases`` selection; a benchmark
+    without that selection refuses it in one line."""
+    if cfg.cases is None:
+        return bench.load(cfg.limit)
+    import inspect
+
+    if "with_subject_facts" not in inspect.signature(bench.load).parameters:
+        raise ConfigError(f"benchmark '{cfg.benchmark}' has no --cases {cfg.cases} selection")
+    return bench.load(cfg.limit, with_subject_facts=True)
 
 
 def _non_finite_note(records: list[dict]) -> str | None:
@@ -160,7 +179,7 @@ def execute(cfg: RunConfig, progress: bool = True, on_chunk: Callable[[int], Non
     bench = bench_cls(data_root=cfg.data_root, split=cfg.split, **dataset_kwargs(bench_cls, cfg.dataset))
     bench.check_runnable()
     cfg.split = bench.split
-    cases = bench.load(cfg.limit)  # validates data before anything is written
+    cases = load_cases(bench, cfg)  # validates data before anything is written
     params = resolve_params(method_cls, cfg.method_params)  # validates hyperparameters, no model needed
     out = ResultDir(Path(cfg.out) if cfg.out else cfg.default_out(params))
     cfg.out = str(out.path)
