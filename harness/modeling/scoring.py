@@ -250,10 +250,16 @@ def packed_batches(lm: LoadedModel, requests: Sequence[ScoreRequest], batch_size
     (requests with one prompt and one ``keys`` entry), longest rows first."""
     prompts = [encode_prompt(lm.tokenizer, r.prompt) for r in requests]
     targets = [encode_target(lm.tokenizer, r.target) for r in requests]
+    return _packed_batches(lm, prompts, targets, batch_size, max_tokens, keys, share_prefix)
+
+
+def _packed_batches(lm: LoadedModel, prompts: list[list[int]], targets: list[list[int]], batch_size: int,
+                    max_tokens: int | None, keys: Sequence[Hashable] | None,
+                    share_prefix: bool) -> Iterator[tuple[list[list[int]], _Packed]]:
     if share_prefix:
-        groups = _share_groups(prompts, keys if keys is not None else [None] * len(requests))
+        groups = _share_groups(prompts, keys if keys is not None else [None] * len(prompts))
     else:
-        groups = [[i] for i in range(len(requests))]
+        groups = [[i] for i in range(len(prompts))]
     lengths = [len(prompts[g[0]]) + sum(len(targets[i]) - 1 for i in g) for g in groups]
     order = sorted(range(len(groups)), key=lambda j: -lengths[j])  # little padding per batch
     for gidx in _batches(order, lengths, batch_size, max_tokens):
@@ -275,11 +281,12 @@ def score_targets(lm: LoadedModel, requests: Sequence[ScoreRequest], batch_size:
     (one row: the prompt, then each target's tokens as a segment that attends to the prompt and to
     itself only, at the positions it would have alone), so a prompt with k targets costs its tokens
     once instead of k times. False: one row per request (the reference layout)."""
+    prompts = [encode_prompt(lm.tokenizer, r.prompt) for r in requests]
     targets = [encode_target(lm.tokenizer, r.target) for r in requests]
     results: list[TargetScore | None] = [None] * len(requests)
     vocab = lm.adapter.lm_head.weight.shape[0]
-    for members, pk in packed_batches(lm, requests, batch_size, max_tokens, _row_keys(batch_context, len(requests)),
-                                      share_prefix):
+    for members, pk in _packed_batches(lm, prompts, targets, batch_size, max_tokens,
+                                       _row_keys(batch_context, len(requests)), share_prefix):
         batch = pk.batch
         with batch_context(batch) if batch_context else nullcontext():
             hidden = lm.adapter.base(input_ids=batch.input_ids, attention_mask=pk.attention,
