@@ -51,6 +51,11 @@ class ModelSpec:
 
         return load_model(self.model, device=self.device, dtype=self.dtype, seed=self.seed)
 
+    @classmethod
+    def of(cls, cfg: Any) -> "ModelSpec":
+        """The model of a run or sweep config (both carry CommonConfig's model, device, dtype, seed)."""
+        return cls(cfg.model, cfg.device, cfg.dtype, cfg.seed)
+
 
 class Bound(Protocol):
     """A work bound to a loaded model: called once per item."""

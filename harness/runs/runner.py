@@ -140,7 +140,7 @@ class RunWork:
 
     @property
     def model(self) -> ModelSpec:
-        return ModelSpec(self.cfg.model, self.cfg.device, self.cfg.dtype, self.cfg.seed)
+        return ModelSpec.of(self.cfg)
 
     def bind(self, lm) -> "RunWorker":
         return RunWorker(self.cfg, lm)

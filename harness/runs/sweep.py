@@ -158,7 +158,7 @@ class SweepWork:
 
     @property
     def model(self) -> ModelSpec:
-        return ModelSpec(self.cfg.model, self.cfg.device, self.cfg.dtype, self.cfg.seed)
+        return ModelSpec.of(self.cfg)
 
     def bind(self, lm) -> "SweepWorker":
         return SweepWorker(self.cfg, lm)
