@@ -69,8 +69,11 @@ class AttributeBenchmark(Benchmark):
     higher_is_better: ClassVar[bool] = True
     #: percentage scale for rates (x100), 1 for counts such as token lengths
     scale: ClassVar[float] = 100.0
+    #: the attribute is a per-item rate in [0, 1] (refusal, truthfulness): its zero-width CIs (0 of n,
+    #: n of n) become Wilson intervals; False for counts such as token lengths
+    rate: ClassVar[bool] = True
     fractions: ClassVar[Mapping[str, float]] = {"probe": 0.4, "val": 0.2, "test": 0.4}
-    #: further per-item numeric fields aggregated alongside the attribute (e.g. MC1, accuracy)
+    #: further per-item rates in [0, 1] aggregated alongside the attribute (e.g. MC1, accuracy)
     extra_metrics: ClassVar[tuple[str, ...]] = ()
     #: benchmark options (``benchmark_options`` of a sweep) and their defaults
     default_options: ClassVar[Mapping[str, Any]] = {}

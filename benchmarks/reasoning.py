@@ -84,6 +84,7 @@ class ReasoningLength(AttributeBenchmark):
     attribute = "length"
     higher_is_better = False
     scale = 1.0
+    rate = False
     fractions = {"val": 0.3, "test": 0.7}
     extra_metrics = ("accuracy", "censored")
     default_options = {"probe": "self", "max_new_tokens": 512, "probe_pool": 400, "tail": 0.05, "dataset": None}

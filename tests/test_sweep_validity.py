@@ -267,30 +267,47 @@ def test_broken_edit_is_invalid_in_a_tiny_sweep(tmp_path, capsys):
     assert "invalid in the sweep: neutral_kl" in md
 
 
-def test_censored_share_from_item_records():
+def _track(recs: list[dict], rate: bool, extra: tuple[str, ...] = ()):
+    """An AttributeTrack over a stub benchmark that returns ``recs`` for any split."""
     from editbench.modeling.interventions import NoIntervention
     from editbench.runs.tracks import AttributeTrack
 
     class Bench:
-        scale, extra_metrics = 1.0, ()
-
-        def __init__(self, recs):
-            self.recs = recs
+        scale, extra_metrics = (100.0 if rate else 1.0), extra
 
         def evaluate(self, lm, ctx, items, batch_size=16):
-            return self.recs
+            return recs
 
     class Fitted:
         def uniform(self, lm, strength):
             return NoIntervention().uniform(lm, 0.0)
 
+    Bench.rate = rate
     track = object.__new__(AttributeTrack)
     track.lm, track.cfg, track._items = tiny("tiny-llama"), type("C", (), {"batch_size": 2})(), {"val": []}
+    track.bench = Bench()
+    return lambda: track.attribute(Fitted(), 1.0, "val")[1]
+
+
+def test_censored_share_from_item_records():
     recs = [{"value": 5.0, "censored": c} for c in (True, False, False, False)] + [{"value": 1.0, "censored": None}]
-    track.bench = Bench(recs)
-    assert track.attribute(Fitted(), 1.0, "val")[1]["censored_share"] == 0.25  # unknown items left out
-    track.bench = Bench([{"value": 5.0}])  # a benchmark that does not say: unknown, no share
-    assert "censored_share" not in track.attribute(Fitted(), 1.0, "val")[1]
+    assert _track(recs, rate=False)()["censored_share"] == 0.25  # unknown items left out
+    assert "censored_share" not in _track([{"value": 5.0}], rate=False)()  # a benchmark that does not say
+
+
+def test_rates_at_zero_or_one_get_wilson_intervals_not_zero_width():
+    """0 refusals of 32 is not certainty: the sweep's rate aggregates (attribute and extra metrics)
+    carry the Wilson interval where the bootstrap has zero width; counts (token lengths) keep theirs."""
+    zeros = [{"value": 0.0, "mc1": 1.0} for _ in range(32)]
+    agg = _track(zeros, rate=True, extra=("mc1",))()
+    lo, hi = stats.binomtest(0, 32).proportion_ci(method="wilson")
+    assert agg["attribute"]["ci_method"] == "wilson" and agg["attribute"]["ci95"] == pytest.approx([100 * lo, 100 * hi])
+    lo, hi = stats.binomtest(32, 32).proportion_ci(method="wilson")
+    assert agg["mc1"]["mean"] == 100.0 and agg["mc1"]["ci95"] == pytest.approx([100 * lo, 100 * hi])
+    mixed = _track([{"value": float(i % 4 == 0)} for i in range(32)], rate=True)()["attribute"]
+    assert "ci_method" not in mixed and mixed["ci95"][0] < mixed["mean"] < mixed["ci95"][1]  # bootstrap kept
+    lengths = _track([{"value": 128.0} for _ in range(8)], rate=False)()["attribute"]
+    assert lengths["ci95"] == [128.0, 128.0] and "ci_method" not in lengths
 
 
 def test_paired_score_gain_for_knowledge_edit_points():

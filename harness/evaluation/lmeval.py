@@ -303,7 +303,7 @@ class LmEvalSuite(UtilitySuite):
             mine = [r for r in mine if r.get("filter") == first]
             for m in dict.fromkeys((self._headline[name], "acc", "acc_norm", "exact_match")):
                 if mine and all(m in r for r in mine):
-                    out[f"{name}_{m}"] = M.aggregate([r[m] for r in mine])
+                    out[f"{name}_{m}"] = M.aggregate([r[m] for r in mine], proportion=True)
             headline.append(np.array([r[self._headline[name]] for r in mine], dtype=float))
             chance.append(np.array([1.0 / r["n_choices"] for r in mine if "n_choices" in r]))
         out["utility"] = mean_of_tasks(headline)

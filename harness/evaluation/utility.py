@@ -316,7 +316,7 @@ class UtilitySuite:
         per_task = {t: np.array([r[self.cfg.metric] for r in recs if r["task"] == t]) for t in self.cfg.tasks}
         for t in self.cfg.tasks:
             for m in ("acc", "acc_norm"):
-                out[f"{t}_{m}"] = M.aggregate([r[m] for r in recs if r["task"] == t])
+                out[f"{t}_{m}"] = M.aggregate([r[m] for r in recs if r["task"] == t], proportion=True)
         out["utility"] = mean_of_tasks(list(per_task.values()))
         choices = [np.array([1.0 / r["n_choices"] for r in recs if r["task"] == t and "n_choices" in r])
                    for t in self.cfg.tasks]

@@ -60,9 +60,10 @@ class AttributeTrack:
     def attribute(self, fitted, strength: float, split: str) -> tuple[list[dict], dict]:
         ctx = fitted.uniform(self.lm, strength)
         recs = self.bench.evaluate(self.lm, ctx, self._items[split], batch_size=self.cfg.batch_size)
-        agg = {"attribute": M.aggregate([r["value"] for r in recs], scale=self.bench.scale)}
+        agg = {"attribute": M.aggregate([r["value"] for r in recs], scale=self.bench.scale,
+                                        proportion=self.bench.rate)}
         for m in self.bench.extra_metrics:
-            agg[m] = M.aggregate([r[m] for r in recs])
+            agg[m] = M.aggregate([r[m] for r in recs], proportion=True)
         known = [bool(r["censored"]) for r in recs if r.get("censored") is not None]
         if known:  # a benchmark whose responses can hit a token budget says which did (absent: unknown)
             agg["censored_share"] = sum(known) / len(known)
