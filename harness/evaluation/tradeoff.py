@@ -299,7 +299,9 @@ def format_points(points: Sequence[Point], split: str, pareto_keys: set[str] = f
     # per-task accuracies stay in points.jsonl; the table keeps the headline and benchmark metrics
     extra = sorted({k for p in points for k, v in p.items() if isinstance(v, dict) and "mean" in v
                     and not k.endswith(("_acc", "_acc_norm"))} - {"attribute", "utility"})
-    censored = any(isinstance(p.get("censored_share"), (int, float)) for p in points)
+    # the share of budget-truncated responses; a benchmark that aggregates ``censored`` per item
+    # already has it as a column, with its CI
+    censored = "censored" not in extra and any(isinstance(p.get("censored_share"), (int, float)) for p in points)
     lines = ["| method | strength | attribute | utility | " + " | ".join(extra) + " | "
              + ("censored | " if censored else "") + "valid | Pareto | s (fit+eval) |",
              "|---|---|---|---|" + "---|" * (len(extra) + censored) + "---|---|---|"]
