@@ -16,7 +16,8 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from editbench.datasets_io import load_local
+from editbench.data import data_file
+from editbench.datasets_io import HubSource, Records, load_hub, load_local
 from editbench.modeling.directions import ProbeSet
 from editbench.errors import ConfigError
 
@@ -75,6 +76,11 @@ class AttributeBenchmark(Benchmark):
     fractions: ClassVar[Mapping[str, float]] = {"probe": 0.4, "val": 0.2, "test": 0.4}
     #: further per-item rates in [0, 1] aggregated alongside the attribute (e.g. MC1, accuracy)
     extra_metrics: ClassVar[tuple[str, ...]] = ()
+    #: local data files (name -> path under the data root)
+    files: ClassVar[Mapping[str, str]] = {}
+    #: where the benchmark option ``dataset: hub:OWNER/NAME`` replaces ``files``: the axis its parts
+    #: differ in ("split" or "name"), the parts, and the other axis's default
+    hub_parts: ClassVar[tuple[str, tuple[str, ...], Mapping[str, str]] | None] = None
     #: benchmark options (``benchmark_options`` of a sweep) and their defaults
     default_options: ClassVar[Mapping[str, Any]] = {}
     #: options restricted to named choices, e.g. the probe protocol (checked on construction)
@@ -93,8 +99,34 @@ class AttributeBenchmark(Benchmark):
             if self.options[key] not in choices:
                 raise ConfigError(f"benchmark '{self.name}': {key} must be one of {', '.join(choices)}, "
                                   f"got {self.options[key]!r}")
+        self.hub: HubSource | None = None
+        self._hub: dict[str, Records] = {}
+        if self.options.get("dataset") is not None and self.hub_parts is not None:
+            axis, parts, defaults = self.hub_parts
+            hub = HubSource.parse(self.options["dataset"])
+            if getattr(hub, axis):
+                kind = "configs" if axis == "name" else "splits"
+                raise ConfigError(f"{self.name}: the hub dataset {hub} is read in {'both' if len(parts) == 2 else 'all'} {kind}, "
+                                  f"{' and '.join(map(repr, parts))}; leave out {axis}=")
+            self.hub = hub.with_defaults(**defaults)
 
     # -- data ----------------------------------------------------------------------------------
+    def data_files(self) -> list[Path]:
+        return [] if self.hub is not None else [data_file(f, self._data_root) for f in self.files.values()]
+
+    def hub_rows(self, part: str) -> Records:
+        """One part of the hub dataset (loaded once)."""
+        if part not in self._hub:
+            self._hub[part] = load_hub(self.hub.with_defaults(**{self.hub_parts[0]: part}))
+        return self._hub[part]
+
+    def provenance(self) -> dict:
+        if self.hub is None:
+            return super().provenance()
+        parts = [self.hub_rows(p) for p in self.hub_parts[1]]
+        return {"benchmark": self.name, "split": self.split, "hub": [r.info for r in parts],
+                "files": {k: v for r in parts for k, v in r.provenance().items()}}
+
     def pool(self) -> list[dict]:
         """Every item of the benchmark, in a fixed order (validated)."""
         raise NotImplementedError

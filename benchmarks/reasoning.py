@@ -33,7 +33,6 @@ from typing import Sequence
 import numpy as np
 
 from editbench.data import data_file
-from editbench.datasets_io import HubSource, Records, load_hub
 from editbench.modeling.directions import ProbeSet, probe_examples
 from editbench.errors import ConfigError, DataError
 from editbench.modeling.scoring import generate
@@ -87,6 +86,8 @@ class ReasoningLength(AttributeBenchmark):
     rate = False
     fractions = {"val": 0.3, "test": 0.7}
     extra_metrics = ("accuracy", "censored")
+    files = FILES
+    hub_parts = ("split", ("train", "test"), {"name": "main"})  # train: the probe pool; test: evaluation
     default_options = {"probe": "self", "max_new_tokens": 512, "probe_pool": 400, "tail": 0.05, "dataset": None}
     option_choices = {"probe": ("self", "gold")}
 
@@ -95,36 +96,11 @@ class ReasoningLength(AttributeBenchmark):
         if not 0 < self.options["tail"] <= 0.5:
             raise ConfigError(f"reasoning_length: tail must be in (0, 0.5], got {self.options['tail']!r}")
         self._pool: dict[str, list[dict]] = {}
-        self.hub: HubSource | None = None
-        self._hub: dict[str, Records] = {}
-        if self.options["dataset"] is not None:
-            hub = HubSource.parse(self.options["dataset"])
-            if hub.split:
-                raise ConfigError(f"reasoning_length: the hub dataset {hub} is read in both splits, 'train' (probe) "
-                                  "and 'test' (evaluation); leave out split=")
-            self.hub = hub.with_defaults(name="main")
-
-    def data_files(self):
-        if self.hub is not None:
-            return []
-        return [data_file(f, self._data_root) for f in FILES.values()]
-
-    def _hub_rows(self, which: str) -> Records:
-        if which not in self._hub:
-            self._hub[which] = load_hub(self.hub.with_defaults(split=which))
-        return self._hub[which]
-
-    def provenance(self) -> dict:
-        if self.hub is None:
-            return super().provenance()
-        parts = [self._hub_rows(w) for w in FILES]
-        return {"benchmark": self.name, "split": self.split, "files": {k: v for r in parts for k, v in r.provenance().items()},
-                "hub": [r.info for r in parts]}
 
     def _read(self, which: str) -> list[dict]:
         if which not in self._pool:
             if self.hub is not None:
-                records = self._hub_rows(which)
+                records = self.hub_rows(which)
                 path = records.origin
             else:
                 path = data_file(FILES[which], self._data_root)

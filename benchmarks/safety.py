@@ -57,6 +57,7 @@ class Safety(AttributeBenchmark):
     name = "safety"
     description = "refusal rate on held-out AdvBench + MaliciousInstruct instructions (keyword judge)"
     attribute = "refusal_rate"
+    files = FILES
     default_options = {"probe": "self", "judge": "keyword", "extra_keywords": [], "max_new_tokens": 64,
                        "eval": "greedy", "samples": 10, "temperature": 1.0}
     option_choices = {"probe": ("self", "given"), "eval": ("greedy", "sampled")}
@@ -67,9 +68,6 @@ class Safety(AttributeBenchmark):
             raise ConfigError(f"safety: samples must be an integer >= 1, got {self.options['samples']!r}")
         self.judge = load_judge(self.options["judge"], self.options["extra_keywords"])
         self._pool: list[dict] | None = None
-
-    def data_files(self):
-        return [data_file(f, self._data_root) for f in FILES.values()]
 
     def pool(self) -> list[dict]:
         if self._pool is None:

@@ -36,9 +36,9 @@ import math
 from typing import Any, Sequence
 
 from editbench.data import data_file
-from editbench.datasets_io import HubSource, Records, load_hub, load_local
+from editbench.datasets_io import load_local
 from editbench.modeling.directions import ProbeExample, ProbeSet, probe_examples
-from editbench.errors import ConfigError, DataError
+from editbench.errors import DataError
 from editbench.evaluation.judges import reference_label
 from editbench.modeling.scoring import generate, score_choices
 
@@ -77,43 +77,20 @@ class TruthfulQA(AttributeBenchmark):
     description = "TruthfulQA MC: best vs first incorrect answer (length-normalised), MC1, MC2"
     attribute = "truthful"
     extra_metrics = ("mc1", "mc2")
+    files = FILES
+    hub_parts = ("name", ("generation", "multiple_choice"), {"split": "validation"})
     default_options = {"probe": "self", "max_new_tokens": 32, "dataset": None}
     option_choices = {"probe": ("self", "dataset")}
 
     def __init__(self, data_root=None, split=None, seed: int = 0, options=None):
         super().__init__(data_root, split, seed, options)
         self._pool: list[dict] | None = None
-        self.hub: HubSource | None = None
-        self._hub: dict[str, Records] = {}
-        if self.options["dataset"] is not None:
-            hub = HubSource.parse(self.options["dataset"])
-            if hub.name:
-                raise ConfigError(f"truthfulqa: the hub dataset {hub} is read in both configs, 'generation' and "
-                                  "'multiple_choice'; leave out name=")
-            self.hub = hub.with_defaults(split="validation")
-
-    def data_files(self):
-        if self.hub is not None:
-            return []
-        return [data_file(f, self._data_root) for f in FILES.values()]
-
-    def _hub_rows(self, config: str) -> Records:
-        if config not in self._hub:
-            self._hub[config] = load_hub(self.hub.with_defaults(name=config))
-        return self._hub[config]
-
-    def provenance(self) -> dict:
-        if self.hub is None:
-            return super().provenance()
-        parts = [self._hub_rows(c) for c in ("generation", "multiple_choice")]
-        return {"benchmark": self.name, "split": self.split, "files": {k: v for r in parts for k, v in r.provenance().items()},
-                "hub": [r.info for r in parts]}
 
     def _sources(self) -> tuple[list[dict], list[dict], str, str]:
         """(question rows {question, best, correct, incorrect}, MC rows {question?, mc1, mc2}, and
         the names of both sources for error lines), from the files or the hub dataset."""
         if self.hub is not None:
-            gen, mc = self._hub_rows("generation"), self._hub_rows("multiple_choice")
+            gen, mc = self.hub_rows("generation"), self.hub_rows("multiple_choice")
             rows = [{"question": r.get("question"), "best": r.get("best_answer"),
                      "correct": _answers(r.get("correct_answers")), "incorrect": _answers(r.get("incorrect_answers"))}
                     for r in gen]

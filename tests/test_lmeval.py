@@ -111,6 +111,30 @@ def test_per_batch_interventions_are_refused(short_arc_root):
         suite.evaluate(lm, last.uniform(lm, 1.0), "val")
 
 
+def test_sweep_refuses_a_gated_method_before_any_point(short_arc_root, tmp_path, capsys):
+    """A configuration the backend cannot evaluate (the scope-gated ``steering-gated``, listed after
+    one it can) is refused with one line before any point is computed or the config written."""
+    for sub in ("counterfact", "safety"):
+        if not (short_arc_root / sub).is_symlink():
+            (short_arc_root / sub).symlink_to(DATA / sub)
+    cfg = {"model": "tiny-llama", "benchmark": "counterfact", "out": str(tmp_path / "sweep"), "limit": 2,
+           "data_root": str(short_arc_root), "utility_edits": 1,
+           "utility": {"backend": "lm-eval", "tasks": ["arc_easy_local"], "limit": 2, "wikitext_windows": 0,
+                       "neutral": 0},
+           "methods": [{"name": "steering", "strengths": [1.0]}, {"name": "steering-gated", "strengths": [1.0]}]}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    capsys.readouterr()
+    assert main(["sweep", str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("editbench: error: the lm-eval utility backend cannot apply") and err.count("\n") == 1
+    assert not (tmp_path / "sweep" / "points.jsonl").exists() and not (tmp_path / "sweep" / "config.json").exists()
+    cfg["methods"] = cfg["methods"][:1]  # without it the same sweep runs
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["sweep", str(path), "--quiet"]) == 0, capsys.readouterr().err
+    assert len((tmp_path / "sweep" / "points.jsonl").read_text().splitlines()) == 2 * 2
+
+
 def test_config_errors(tmp_path, capsys):
     base = {"benchmark": "truthfulqa", "out": str(tmp_path / "s"), "methods": [{"name": "steering"}]}
     for util, msg in (({"backend": "lmeval"}, "utility backend must be one of builtin, lm-eval"),

@@ -17,7 +17,7 @@ from editbench.errors import ConfigError, DataError
 from editbench.modeling.interventions import NoIntervention
 from editbench.evaluation.judges import KeywordRefusalJudge, load_judge
 from editbench.runs.sweep import SweepConfig
-from editbench.evaluation.tradeoff import analyze, hypervolume, interpolate_front, pareto_front
+from editbench.evaluation.tradeoff import analyze, bracket, hypervolume, interpolate_front, pareto_front
 from editbench.evaluation.utility import UtilityConfig, UtilitySuite, mean_of_tasks
 from tests.conftest import tiny
 
@@ -110,6 +110,7 @@ def test_matched_utility_interpolation_and_hypervolume():
     assert interpolate_front(front, 45.0) == pytest.approx(20.0)
     assert interpolate_front(front, 35.0) == pytest.approx(40.0)
     assert interpolate_front(front, 55.0) is None and interpolate_front(front, 29.0) is None
+    assert bracket(front, 29.0, below=True) == [(0, 1.0)] and bracket(front, 55.0, below=True) is None
     # staircase area above ref (30, 10): (40-30)*(30-10) + (50-40)*0 ... computed by hand = 200 + 0 + (30-30)*...
     assert hypervolume(front, (30.0, 10.0)) == pytest.approx(10 * 20 + 0 * 40 + 0)
 
@@ -133,6 +134,16 @@ def test_analysis_selects_on_val_reports_on_test():
     assert mu["operating_point"]["label"] == "steer2edit[rho_attn=0.3]" and mu["gain_val"] == pytest.approx(20)
     assert mu["gain_test"] == pytest.approx(19) and mu["baseline_attribute_test"] == pytest.approx(40)
     assert a["splits"]["test"]["hypervolume"]["steer2edit"] > a["splits"]["test"]["hypervolume"]["steering"]
+    # a baseline that never beats the original model (a one-point front): a less useful method point
+    # is compared with that point, and the analysis says so
+    one = [p for p in pts if p["method"] != "steering"] + [_pt("steering", 1, s, 15, 45) for s in ("val", "test")]
+    mu1 = analyze(one, {"attribute": "refusal_rate", "higher_is_better": True})["matched_utility"]["steer2edit"]
+    assert mu1["gain_val"] == pytest.approx(40) and mu1["baseline_attribute_test"] == pytest.approx(20)
+    assert mu1["below_front_test"] is True and mu1["gain_test"] == pytest.approx(39)
+    more = [_pt("steer2edit", 1, s, 45, 55, {"rho_attn": 0.1}) for s in ("val", "test")]  # more useful than all
+    mu2 = analyze([p for p in one if p["method"] != "steer2edit"] + more,
+                  {"attribute": "refusal_rate", "higher_is_better": True})["matched_utility"]["steer2edit"]
+    assert "no comparison" in mu2["note"]
     # lower-is-better attribute: the orientation flips which points are on the front
     low = analyze(pts, {"attribute": "length", "higher_is_better": False})
     assert [p["label"] for p in low["splits"]["val"]["pareto"]] == ["unedited"]

@@ -90,6 +90,8 @@ def test_validity_assessment_and_bounds():
     v = assess(bad, ref, b)
     assert v["valid"] is False and v["ppl_ratio"] == 2.0
     assert v["invalid_reasons"] == ["perplexity ratio 2 > 1.5", "neutral_kl 0.7 > 0.5 nats"]
+    near = assess({"wikitext_ppl": {"mean": 15.0075, "n": 2}, "neutral_kl": {"mean": 0.50004, "n": 3}}, ref, b)
+    assert near["invalid_reasons"] == ["perplexity ratio 1.501 > 1.5", "neutral_kl 0.50004 > 0.5 nats"]  # not "1.5 > 1.5"
     nan = assess({"neutral_kl": {"mean": 0.1, "n": 3, "non_finite": 1}}, ref, b)
     assert nan["valid"] is False and "not finite on 1 texts" in nan["invalid_reasons"][0]
     assert assess({"attribute": {}}, ref, b)["valid"] is None  # nothing measured

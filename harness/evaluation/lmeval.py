@@ -23,7 +23,8 @@ call, so every forward pass lm-eval makes sees it):
 Interventions that need each batch's prompt positions (``positions="last"``/``"prompt"``, the scope
 gates of ``mega``/``steering-gated``/``grace``) are refused with one line: lm-eval concatenates
 context and continuation, truncates, re-sorts and re-batches requests inside ``HFLM``, so a hook
-cannot know where a row's prompt ends, and a guess would silently score a different edit.
+cannot know where a row's prompt ends, and a guess would silently score a different edit. A sweep
+asks ``check_context`` for every configuration before it computes a point (``preflight``).
 
 Items: per split, the built-in suite's seeded 50/50 halves over the task's evaluation documents,
 the first ``limit`` of each (lm-eval ``samples``), so a local task scores exactly the items
@@ -254,9 +255,14 @@ class LmEvalSuite(UtilitySuite):
             self._cache[key] = _halves(len(self._tasks[task].eval_docs), self.cfg.seed)[split][: self.cfg.limit]
         return self._cache[key]
 
-    def evaluate(self, lm, context, split: str, batch_size: int = 16) -> list[dict]:
+    preflight = True
+
+    def check_context(self, context) -> None:
         if context[1] is not None:
             raise ConfigError(REFUSAL)
+
+    def evaluate(self, lm, context, split: str, batch_size: int = 16) -> list[dict]:
+        self.check_context(context)
         self._model(lm, batch_size)  # wrapped before the intervention is entered (HFLM touches the model)
         return super().evaluate(lm, context, split, batch_size)
 

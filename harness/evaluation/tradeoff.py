@@ -8,7 +8,11 @@ enter fronts, hypervolumes and selections; invalid ones are counted per method a
 * Pareto front: points no other point beats on both axes (ties kept).
 * Matched utility (the Steer2Edit paper's headline): a method point's attribute minus the
   baseline's attribute at the same x, linearly interpolated along the baseline's Pareto front
-  (baseline points plus the original model); undefined outside the front's x range.
+  (baseline points plus the original model). A point less useful than the front's least useful
+  point is compared with that point [ours]: the baseline reaches its attribute at a higher
+  utility, so the comparison can only favour the baseline; without this, a baseline that never
+  beats the original model (a one-point front) would leave every method point uncompared. A point
+  more useful than every front point has no comparison.
   The operating point is the method's point with the largest gain on ``val``; its gain is then
   reported on ``test`` (the same configuration and strength), so nothing is selected on test.
   Each gain has a paired bootstrap 95% CI over the split's items (:mod:`editbench.evaluation.power`;
@@ -72,14 +76,15 @@ def pareto_front(xy: Sequence[tuple[float, float]]) -> list[int]:
     return sorted(idx, key=lambda i: (xy[i][0], xy[i][1]))
 
 
-def bracket(front: Sequence[tuple[float, float]], x: float) -> list[tuple[int, float]] | None:
+def bracket(front: Sequence[tuple[float, float]], x: float, below: bool = False) -> list[tuple[int, float]] | None:
     """The front points a linear interpolation at ``x`` uses, with their weights (one point at
-    weight 1 on an exact match, else the two neighbours); None outside the front's x range. For
-    equal x the best y is used."""
+    weight 1 on an exact match, else the two neighbours); None outside the front's x range, except
+    that ``below`` gives the front's lowest-x point to an ``x`` left of it. For equal x the best y
+    is used."""
     if not front:
         return None
     xs = np.array([p[0] for p in front])
-    if x < xs.min() - 1e-12 or x > xs.max() + 1e-12:
+    if (x < xs.min() - 1e-12 and not below) or x > xs.max() + 1e-12:
         return None
     best: dict[float, int] = {}
     for i, (px, py) in enumerate(front):
@@ -214,11 +219,12 @@ def _censored(ps: Sequence[Point], limit: float) -> float | None:
 
 
 def _gain(p: Point, front: list[Point], sign: float, axis: str, items: Items, limit: float, scale: float) -> dict:
-    """The gain of ``p`` over the baseline front at its x: ``{"gain", "baseline", "x", "ci"}``,
-    ``{"outside": True}`` outside the front's range, ``{"censored": share}`` when not decidable."""
+    """The gain of ``p`` over the baseline front at its x: ``{"gain", "baseline", "x", "ci"}`` (and
+    ``"below": True`` when compared with the front's least useful point), ``{"outside": True}``
+    when more useful than every front point, ``{"censored": share}`` when not decidable."""
     x, y = _xy(p, sign, axis)
     fxy = [_xy(q, sign, axis) for q in front]
-    b = bracket(fxy, x)
+    b = bracket(fxy, x, below=True)
     if b is None:
         return {"outside": True, "x": x}
     used = [front[i] for i, _ in b]
@@ -232,7 +238,10 @@ def _gain(p: Point, front: list[Point], sign: float, axis: str, items: Items, li
         ci = paired_gain(terms, scale, M.hmean_rows if joint else None)
     else:
         ci = None
-    return {"gain": sign * (y - base), "baseline": sign * base, "x": x, "ci": ci}
+    out = {"gain": sign * (y - base), "baseline": sign * base, "x": x, "ci": ci}
+    if x < min(fx for fx, _ in fxy) - 1e-12:
+        out["below"] = True
+    return out
 
 
 def _matched(points: Sequence[Point], sign: float, baseline: str, vary: dict, axis: str, items: Items,
@@ -251,12 +260,13 @@ def _matched(points: Sequence[Point], sign: float, baseline: str, vary: dict, ax
             shares = [g["censored"] for _, g in gains if "censored" in g]
             out[m] = {"note": "no valid point on val" if not valid else
                       f"not decidable: {100 * max(shares):.0f}% censored" if shares else
-                      "no point within the baseline's range on val",
+                      "every valid point more useful than any baseline point on val: no comparison",
                       "invalid_points": len(cands) - len(valid)}
             continue
         _, best, g = max(rows, key=lambda r: r[0])
         entry: dict = {"operating_point": {"key": best["key"], "label": label(best, vary[m]), "strength": best["strength"]},
-                       "gain_val": g["gain"], "gain_val_ci": g["ci"], "invalid_points": len(cands) - len(valid)}
+                       "gain_val": g["gain"], "gain_val_ci": g["ci"], "invalid_points": len(cands) - len(valid),
+                       "below_front_val": bool(g.get("below"))}
         tp = test_by_key.get(best["key"])
         if tp is not None and not is_valid(tp):
             entry["test_invalid"] = list(tp.get("invalid_reasons") or ["invalid"])
@@ -264,7 +274,7 @@ def _matched(points: Sequence[Point], sign: float, baseline: str, vary: dict, ax
             t = _gain(tp, fronts["test"], sign, axis, items, limit, scale)
             entry.update({"utility_test": tp["utility"]["mean"], "neutral_kl_test": (tp.get("neutral_kl") or {}).get("mean"),
                           "attribute_test": tp["attribute"]["mean"], "baseline_attribute_test": t.get("baseline"),
-                          "gain_test": t.get("gain"), "gain_test_ci": t.get("ci")})
+                          "gain_test": t.get("gain"), "gain_test_ci": t.get("ci"), "below_front_test": bool(t.get("below"))})
             if "censored" in t:
                 entry["not_decidable"] = f"not decidable: {100 * t['censored']:.0f}% censored"
         out[m] = entry
@@ -289,7 +299,9 @@ def format_points(points: Sequence[Point], split: str, pareto_keys: set[str] = f
     # per-task accuracies stay in points.jsonl; the table keeps the headline and benchmark metrics
     extra = sorted({k for p in points for k, v in p.items() if isinstance(v, dict) and "mean" in v
                     and not k.endswith(("_acc", "_acc_norm"))} - {"attribute", "utility"})
-    censored = any(isinstance(p.get("censored_share"), (int, float)) for p in points)
+    # the share of budget-truncated responses; a benchmark that aggregates ``censored`` per item
+    # already has it as a column, with its CI
+    censored = "censored" not in extra and any(isinstance(p.get("censored_share"), (int, float)) for p in points)
     lines = ["| method | strength | attribute | utility | " + " | ".join(extra) + " | "
              + ("censored | " if censored else "") + "valid | Pareto | s (fit+eval) |",
              "|---|---|---|---|" + "---|" * (len(extra) + censored) + "---|---|---|"]
@@ -326,10 +338,12 @@ def _matched_line(m: str, e: dict, axis: str) -> str:
     if "attribute_test" not in e:
         return head + "no test point"
     if gt is None:
-        return head + "on test outside the baseline's range"
+        return head + "on test more useful than every baseline point: no comparison"
     at = (f"utility {e['utility_test']:.1f}" if axis == "utility" else f"neutral_kl {e['neutral_kl_test']:.3g}")
+    where = (f"the baseline's least useful front point, which is more useful than the method point at {at}"
+             if e.get("below_front_test") else at)
     return head + (f"on test {gt:+.1f}{_ci(e.get('gain_test_ci'))} (attribute {e['attribute_test']:.1f} vs baseline "
-                   f"{e['baseline_attribute_test']:.1f} at {at})")
+                   f"{e['baseline_attribute_test']:.1f} at {where})")
 
 
 def format_analysis(summary: dict, points: Sequence[Point]) -> str:

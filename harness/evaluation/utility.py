@@ -151,6 +151,10 @@ def _halves(n: int, seed: int) -> dict[str, list[int]]:
 
 
 class UtilitySuite:
+    #: the backend refuses some interventions (``check_context``): a sweep checks every configuration
+    #: before it computes a point, rather than failing at that method's first point
+    preflight: bool = False
+
     def __init__(self, config: UtilityConfig, data_root=None):
         self.cfg = config
         self.data_root = data_root
@@ -198,6 +202,9 @@ class UtilitySuite:
             wins = [ids[i:i + W] for i in range(0, len(ids) - W + 1, W)]
             self._cache[key] = wins[(0 if split == "val" else 1)::2][: self.cfg.wikitext_windows]
         return self._cache[key]
+
+    def check_context(self, context) -> None:
+        """Raise ConfigError if this backend cannot evaluate under ``context`` (the built-in one can)."""
 
     def evaluate(self, lm, context, split: str, batch_size: int = 16) -> list[dict]:
         """Per-item records ``{"task", "item_id", metric fields}`` under ``context`` = (outer, batch_context)."""

@@ -72,6 +72,16 @@ def _mean(agg: Any) -> float | None:
     return float(agg["mean"])
 
 
+def _over(value: float, bound: float) -> str:
+    """``value`` with the fewest digits (3 or more) that still read as beyond ``bound``: a ratio of
+    1.50075 against 1.5 prints 1.501, never "1.5 > 1.5"."""
+    for digits in range(3, 13):
+        text = f"{value:.{digits}g}"
+        if not math.isfinite(value) or float(text) > bound:
+            return text
+    return repr(value)
+
+
 def assess(point: Mapping[str, Any], reference: Mapping[str, Any] | None, bounds: ValidityBounds) -> dict:
     """``{"valid", "invalid_reasons", "ppl_ratio"}`` of a point against the unedited point of its split."""
     reasons: list[str] = []
@@ -82,7 +92,7 @@ def assess(point: Mapping[str, Any], reference: Mapping[str, Any] | None, bounds
         measured = True
         ratio = ppl / ref_ppl
         if not ratio <= bounds.max_ppl_ratio:  # NaN fails
-            reasons.append(f"perplexity ratio {ratio:.3g} > {bounds.max_ppl_ratio:g}")
+            reasons.append(f"perplexity ratio {_over(ratio, bounds.max_ppl_ratio)} > {bounds.max_ppl_ratio:g}")
     kl = _mean(point.get("neutral_kl"))
     if kl is not None:
         measured = True
@@ -90,7 +100,7 @@ def assess(point: Mapping[str, Any], reference: Mapping[str, Any] | None, bounds
             bad = (point.get("neutral_kl") or {}).get("non_finite")
             reasons.append("neutral_kl is not finite" + (f" on {bad} texts" if bad else ""))
         elif kl > bounds.max_neutral_kl:
-            reasons.append(f"neutral_kl {kl:.3g} > {bounds.max_neutral_kl:g} nats")
+            reasons.append(f"neutral_kl {_over(kl, bounds.max_neutral_kl)} > {bounds.max_neutral_kl:g} nats")
     return {"valid": (not reasons) if measured else None, "invalid_reasons": reasons, "ppl_ratio": ratio}
 
 

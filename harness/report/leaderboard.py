@@ -324,9 +324,11 @@ def matched_lines(mu: Any, baseline: str, higher: bool, flagged: dict[str, dict]
         test = (f"on test invalid ({'; '.join(map(str, e['test_invalid']))}): no gain reported" if e.get("test_invalid")
                 else f"on test {e['not_decidable']}: no gain reported" if e.get("not_decidable") else
                 f"gain on test {MISSING} (no test point)" if "attribute_test" not in e else
-                f"gain on test {MISSING} ({at} is outside {baseline}'s range)" if gt is None else
+                f"gain on test {MISSING} ({at} is more useful than every {baseline} point)" if gt is None else
                 f"gain on test {gt:+.1f}{_ci_text(e.get('gain_test_ci'))} (attribute {e['attribute_test']:.1f} vs "
-                f"{baseline} {e['baseline_attribute_test']:.1f} at {at})")
+                f"{baseline} {e['baseline_attribute_test']:.1f} "
+                + (f"at its least useful front point, more useful than {at})" if e.get("below_front_test") is True
+                   else f"at {at})"))
         out.append(f"{m}: operating point {op.get('label')} s={as_number(op.get('strength')) or 0:g} (gain on val "
                    + (MISSING if gv is None else f"{gv:+.1f}") + f"); {test}")
     return out

@@ -188,16 +188,29 @@ class SweepWorker:
             self._methods[mkey] = registry.load("method", name)(self.lm, given, seed=self.cfg.seed)
         return self._methods[mkey]
 
+    def fitted(self, name: str, given: dict, params: dict, original: bool = False):
+        """The fitted configuration (fitted once; every strength of it reuses the fit)."""
+        fkey = point_key(name, params, 0.0)
+        if fkey not in self._fitted:
+            self._fitted[fkey] = Original() if original else self.track.fit(self.method(name, given))
+        return self._fitted[fkey]
+
+    def preflight(self, planned: list) -> None:
+        """Let the utility backend refuse an intervention it cannot apply before any point is
+        computed: every configuration's first utility context at each strength (fits are kept)."""
+        for spec, given, params in planned:
+            fitted = self.fitted(spec.name, given, params)
+            for strength in spec.strengths:
+                _, ctx = next(iter(self.track.utility_contexts(fitted, strength, "val")))
+                self.suite.check_context(ctx)
+
     def __call__(self, task: PointTask) -> dict:
         """The point's line (without validity, which the driver derives, nor ``code``) and its items."""
         method = None if task.original else self.method(task.method, task.given)
         track = self.track
         t0 = time.perf_counter()
-        fkey = point_key(task.method, task.params, 0.0)
-        if fkey not in self._fitted:
-            self._fitted[fkey] = Original() if method is None else track.fit(method)
+        fitted = self.fitted(task.method, task.given, task.params, original=task.original)
         fit_s = time.perf_counter() - t0
-        fitted = self._fitted[fkey]
         t1 = time.perf_counter()
         a_recs, a_agg = track.attribute(fitted, task.strength, task.split)
         u_recs = []
@@ -236,6 +249,8 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, wait: bool = False, execu
                 method = local.method(spec.name, params)
                 resolved_params = json.loads(json.dumps(dataclasses.asdict(method.params), default=str))
                 planned.append((spec, params, resolved_params))
+        if suite.preflight:
+            local.preflight(planned)
         return _sweep(out, cfg, work, local, planned, progress, executor)
 
 

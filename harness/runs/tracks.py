@@ -110,4 +110,5 @@ class EditTrack:
         if isinstance(method, Original):
             return [("all", NoIntervention().uniform(self.lm, 0.0))]
         cases = self.cases[split][: self.cfg.utility_edits]
-        return [(f"edit-{c.case_id}", method.fit_edit(c.request).uniform(self.lm, strength)) for c in cases]
+        # lazily: a sweep's preflight check fits only the first edit
+        return ((f"edit-{c.case_id}", method.fit_edit(c.request).uniform(self.lm, strength)) for c in cases)
