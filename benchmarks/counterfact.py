@@ -248,6 +248,7 @@ class CounterFact(Benchmark):
     description = "CounterFact knowledge edits (ROME + EasyEdit metrics); splits edit/train/val (EasyEdit format), rome500"
     splits = tuple(SPLIT_FILES)
     default_split = "edit"
+    case_selections = ("with-subject-facts",)
 
     def __init__(self, data_root=None, split=None, path: str | Path | None = None,
                  dataset: str | Mapping[str, Any] | None = None):

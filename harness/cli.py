@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dataset", default=None, metavar="hub:OWNER/NAME[@REV][?split=S]",
                    help="read the cases from a Hugging Face hub dataset instead of the data root's split file "
                         "(counterfact: EasyEdit or ROME columns; the split is the hub split, default train)")
-    r.add_argument("--cases", default=None, choices=None, metavar="with-subject-facts",
+    r.add_argument("--cases", default=None, metavar="with-subject-facts",
                    help="evaluate only the split's cases that have another CounterFact fact about their subject "
                         "(subject_specificity then applies to every case); --limit counts those")
     r.add_argument("--config", default=None, metavar="FILE.yaml",

@@ -18,6 +18,8 @@ class Benchmark:
     kind: ClassVar[str] = "knowledge-edit"
     splits: ClassVar[tuple[str, ...]] = ()
     default_split: ClassVar[str] = ""
+    #: ``editbench run --cases`` selections ``load(limit, selection)`` accepts besides all cases
+    case_selections: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, data_root: str | Path | None = None, split: str | None = None):
         self.split = split or self.default_split

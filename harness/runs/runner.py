@@ -111,11 +111,9 @@ def load_cases(bench, cfg: RunConfig) -> list:
     without that selection refuses it in one line."""
     if cfg.cases is None:
         return bench.load(cfg.limit)
-    import inspect
-
-    if "with_subject_facts" not in inspect.signature(bench.load).parameters:
+    if cfg.cases not in bench.case_selections:
         raise ConfigError(f"benchmark '{cfg.benchmark}' has no --cases {cfg.cases} selection")
-    return bench.load(cfg.limit, with_subject_facts=True)
+    return bench.load(cfg.limit, with_subject_facts=cfg.cases == "with-subject-facts")
 
 
 def _non_finite_note(records: list[dict]) -> str | None:
