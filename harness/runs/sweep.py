@@ -6,7 +6,8 @@
   aggregates with bootstrap CIs (``utility``, per task, ``wikitext_ppl``, ``neutral_kl``,
   ``utility_chance``), ``censored_share`` where the benchmark reports it, validity (``valid``,
   ``invalid_reasons``, ``ppl_ratio``, see :mod:`editbench.evaluation.validity`), seconds; appended
-  as points finish (a rerun resumes; validity is re-derived under the config's current bounds);
+  as points finish (a rerun resumes; the aggregates are re-derived from the items under the
+  running code, except a knowledge-edit point's Score summary, and validity under the config's current bounds);
 * ``items.jsonl``  - the per-item records every aggregate comes from (tagged with the point key);
 * ``summary.json`` + ``analysis.md`` + ``tradeoff.{png,svg}`` - see :mod:`editbench.evaluation.tradeoff`.
 Splits: every point is measured on ``val`` (operating points are chosen there) and on ``test``
@@ -303,11 +304,14 @@ def _sweep(out: ResultDir, cfg: SweepConfig, work: SweepWork, local: SweepWorker
     finally:
         bar.close()
     points = out.load_records(POINTS)
-    checked = revalidate(points, cfg.validity)  # bounds may have changed since a point was written
+    item_recs = out.load_records(ITEMS)
+    # aggregates re-derived from the items (the code may have changed since a point was written),
+    # then validity under the config's current bounds
+    checked = revalidate(reaggregate(points, item_recs, track, suite), cfg.validity)
     if checked != points:
         out.rewrite(POINTS, checked)
         points = checked
-    items = item_values(out.load_records(ITEMS))
+    items = item_values(item_recs)
     summary = {"config": resolved, "versions": run_versions, "model": executor.model_provenance(work, lm), "data": data,
                "analysis": analyze(points, resolved["track"], baseline=cfg.baseline, matched_axis=cfg.matched_axis,
                                    items=items, max_censored_share=cfg.max_censored_share,
@@ -315,6 +319,27 @@ def _sweep(out: ResultDir, cfg: SweepConfig, work: SweepWork, local: SweepWorker
     summary = out.write_summary(summary, "sweep")
     write_analysis(out.path, summary, points)
     return summary
+
+
+def reaggregate(points: list[dict], items: list[dict], track, suite) -> list[dict]:
+    """Every point with its aggregates recomputed from its item records: the attribute's where the
+    track can (``track.aggregate`` not None) and the utility suite's; a point without items of a
+    kind keeps what was written for it."""
+    by: dict = {}
+    for r in items:
+        by.setdefault((r["key"], r["split"], r.get("kind")), []).append(r)
+    out = []
+    for p in points:
+        p = dict(p)
+        attr = by.get((p["key"], p["split"], "attribute"))
+        agg = track.aggregate(attr) if attr else None
+        if agg is not None:
+            p.update(agg)
+        util = by.get((p["key"], p["split"], "utility"))
+        if util:
+            p.update(suite.summarize(util))
+        out.append(p)
+    return out
 
 
 def _hashes(data: Any) -> dict:

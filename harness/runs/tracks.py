@@ -60,6 +60,11 @@ class AttributeTrack:
     def attribute(self, fitted, strength: float, split: str) -> tuple[list[dict], dict]:
         ctx = fitted.uniform(self.lm, strength)
         recs = self.bench.evaluate(self.lm, ctx, self._items[split], batch_size=self.cfg.batch_size)
+        return recs, self.aggregate(recs)
+
+    def aggregate(self, recs: list[dict]) -> dict:
+        """A point's attribute aggregates from its item records (also how a resumed sweep re-derives
+        them from items.jsonl, so a point's numbers always follow from its items and this code)."""
         agg = {"attribute": M.aggregate([r["value"] for r in recs], scale=self.bench.scale,
                                         proportion=self.bench.rate)}
         for m in self.bench.extra_metrics:
@@ -67,7 +72,7 @@ class AttributeTrack:
         known = [bool(r["censored"]) for r in recs if r.get("censored") is not None]
         if known:  # a benchmark whose responses can hit a token budget says which did (absent: unknown)
             agg["censored_share"] = sum(known) / len(known)
-        return recs, agg
+        return agg
 
     def utility_contexts(self, fitted, strength: float, split: str):
         return [("all", fitted.uniform(self.lm, strength))]
@@ -105,6 +110,11 @@ class EditTrack:
         point = next(iter(ev.summarize(recs)["points"].values()))["post"]
         agg = {"attribute": point["score"], **{m: point[m] for m in ("efficacy", "generalization", "specificity")}}
         return [{"item_id": r["case_id"], "value": None, "post": r["post"]} for r in recs], agg
+
+    def aggregate(self, recs: list[dict]) -> None:
+        """Not re-derivable: the Score's summary needs the evaluator's full case records, of which
+        the items keep only ``post``; a resumed sweep keeps the written aggregates."""
+        return None
 
     def utility_contexts(self, method, strength: float, split: str):
         if isinstance(method, Original):
