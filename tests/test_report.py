@@ -287,7 +287,7 @@ def test_report_sweep_tables_headline_and_direction(tmp_path, capsys):
     # operating point chosen on val (alpha=0.3: +100 over steering's front at utility 49), reported on test
     # each method labelled with its class (and the baseline's, when it differs)
     assert ("* steer2edit (weight-edit; baseline steering is activation-steering): operating point "
-            "steer2edit[alpha=0.3] s=1 (gain on val -100.0); gain on test -100.0 "
+            "steer2edit[alpha=0.3] s=1; gain on val -100.0, no paired CI; gain on test -100.0, no paired CI "
             "(attribute 105.0 vs steering 205.0 at utility 49.0)") in sec
     # hypervolume per method with the original model, above (lowest utility, worst length) on test
     assert ("* test: steer2edit (weight-edit) 1550.0, steering (activation-steering) 800.0 (reference point: "

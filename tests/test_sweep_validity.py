@@ -164,7 +164,7 @@ def test_censored_gains_are_not_decidable():
     summary = {"analysis": analyze(mixed, track), "config": {"benchmark": "reasoning_length", "model": "m",
                "utility": {"metric": "acc", "tasks": ["arc_easy"]}}, "versions": {"git_commit": "abc", "git_dirty": False}}
     md = format_analysis(summary, mixed)
-    assert "on test not decidable: 90% censored: no length gain reported" in md and "| 90% |" in md
+    assert "on test not decidable: 90% censored: no gain reported" in md and "| 90% |" in md
 
 
 def test_window_logprobs_from_a_start_position():

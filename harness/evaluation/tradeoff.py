@@ -317,33 +317,46 @@ def format_points(points: Sequence[Point], split: str, pareto_keys: set[str] = f
     return "\n".join(lines)
 
 
-def _ci(c: dict | None) -> str:
-    if not c:
-        return " (no paired CI: the attribute has no per-item values)"
-    verdict = "; no detectable difference" if c["no_detectable_difference"] else ""
-    return f" [95% CI {c['ci95'][0]:+.1f}, {c['ci95'][1]:+.1f}, paired bootstrap over {c['n']} items{verdict}]"
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
-def _matched_line(m: str, e: dict, axis: str) -> str:
-    if "note" in e:
-        return f"- {m}: {e['note']}"
+def gain_ci_text(c: Any) -> str:
+    """A gain's paired CI in words; an entry without one (no per-item values, or a sweep from
+    before paired CIs) says so."""
+    ci = c.get("ci95") if isinstance(c, dict) else None
+    if not isinstance(ci, list) or len(ci) != 2 or None in map(_number, ci):
+        return ", no paired CI"
+    over = f", paired bootstrap over {c['n']} items" if isinstance(c.get("n"), int) else ""
+    verdict = "; no detectable difference" if c.get("no_detectable_difference") else ""
+    return f" [95% CI {ci[0]:+.1f}, {ci[1]:+.1f}{over}{verdict}]"
+
+
+def matched_entry_text(e: Mapping[str, Any], axis: str = "utility", baseline: str = "baseline") -> str:
+    """One method's matched-gain entry (``analysis['matched_utility'][method]``) in words: the
+    operating point chosen on val, its val gain, and what test says. The one wording used by
+    ``analysis.md`` and the leaderboard; tolerant of entries from older sweeps."""
+    if "note" in e or not isinstance(e.get("operating_point"), dict):
+        return str(e.get("note", "no operating point"))
     op = e["operating_point"]
-    head = (f"- {m}: operating point {op['label']} s={op['strength']:g}; "
-            f"gain on val {e['gain_val']:+.1f}{_ci(e.get('gain_val_ci'))}; ")
-    if "test_invalid" in e:
-        return head + "on test the point is invalid (" + "; ".join(e["test_invalid"]) + "): no gain reported"
-    if "not_decidable" in e:
-        return head + f"on test {e['not_decidable']}: no length gain reported"
-    gt = e.get("gain_test")
+    gv = _number(e.get("gain_val"))
+    head = (f"operating point {op.get('label')} s={_number(op.get('strength')) or 0:g}; gain on val "
+            + ("—" if gv is None else f"{gv:+.1f}{gain_ci_text(e.get('gain_val_ci'))}") + "; ")
+    if e.get("test_invalid"):
+        return head + "on test the point is invalid (" + "; ".join(map(str, e["test_invalid"])) + "): no gain reported"
+    if e.get("not_decidable"):
+        return head + f"on test {e['not_decidable']}: no gain reported"
     if "attribute_test" not in e:
         return head + "no test point"
-    if gt is None:
-        return head + "on test more useful than every baseline point: no comparison"
-    at = (f"utility {e['utility_test']:.1f}" if axis == "utility" else f"neutral_kl {e['neutral_kl_test']:.3g}")
-    where = (f"the baseline's least useful front point, which is more useful than the method point at {at}"
-             if e.get("below_front_test") else at)
-    return head + (f"on test {gt:+.1f}{_ci(e.get('gain_test_ci'))} (attribute {e['attribute_test']:.1f} vs baseline "
-                   f"{e['baseline_attribute_test']:.1f} at {where})")
+    x = _number(e.get("neutral_kl_test" if axis == "kl" else "utility_test"))
+    at = "—" if x is None else f"neutral_kl {x:.3g}" if axis == "kl" else f"utility {x:.1f}"
+    gt, a, b = (_number(e.get(k)) for k in ("gain_test", "attribute_test", "baseline_attribute_test"))
+    if gt is None or a is None or b is None:
+        return head + f"on test the point ({at}) is more useful than every {baseline} point: no comparison"
+    where = (f"{baseline}'s least useful front point, which is more useful than the method point at {at}"
+             if e.get("below_front_test") is True else at)
+    return head + (f"gain on test {gt:+.1f}{gain_ci_text(e.get('gain_test_ci'))} (attribute {a:.1f} vs {baseline} "
+                   f"{b:.1f} at {where})")
 
 
 def format_analysis(summary: dict, points: Sequence[Point]) -> str:
@@ -384,5 +397,6 @@ def format_analysis(summary: dict, points: Sequence[Point]) -> str:
     mu = a["matched_utility"]
     if "note" in mu:
         lines.append(mu["note"])
-    lines += [_matched_line(m, e, axis) for m, e in mu.items() if isinstance(e, dict)]
+    lines += [f"- {m}: {matched_entry_text(e, axis, a.get('baseline') or 'baseline')}" for m, e in mu.items()
+              if isinstance(e, dict)]
     return "\n".join(lines) + "\n"

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from editbench.errors import EditbenchError
 from editbench.evaluation import metric_registry
-from editbench.evaluation.tradeoff import DEFAULT_BASELINE, varying_params
+from editbench.evaluation.tradeoff import DEFAULT_BASELINE, matched_entry_text, varying_params
 from editbench.evaluation.validity import validity_note
 from editbench.report.health import (UNKNOWN_CLASS, HealthThresholds, assess, best_per_class, class_legend,
                                      class_rank, health_detail, is_flagged, reference_health, resolve_class)
@@ -266,7 +266,7 @@ def build_sweep(sw: Sweep, classes_cache: dict[str, str | None] | None = None,
     try:
         classes = {q["method"]: cls_of(q) for q in sw.points}
         classes.setdefault(baseline, resolve_class(None, baseline, classes_cache))
-        headline = matched_lines(a.get("matched_utility"), baseline, higher, flagged, classes,
+        headline = matched_lines(a.get("matched_utility"), baseline, flagged, classes,
                                  axis=str(a.get("matched_axis") or "utility"))
         hv_fmt = ".3g" if a.get("matched_axis") == "kl" else ".1f"  # areas in KL units are small
         hv = [f"{split}: " + (", ".join(f"{m} ({classes.get(m, UNKNOWN_CLASS)}) {v:{hv_fmt}}"
@@ -294,7 +294,7 @@ def build_sweep(sw: Sweep, classes_cache: dict[str, str | None] | None = None,
     }
 
 
-def matched_lines(mu: Any, baseline: str, higher: bool, flagged: dict[str, dict] | None = None,
+def matched_lines(mu: Any, baseline: str, flagged: dict[str, dict] | None = None,
                   classes: dict[str, str] | None = None, axis: str = "utility") -> list[str]:
     """The headline: per method (labelled with its method class, and the baseline's when that
     differs), the operating point chosen on val and its gain over the baseline on test (with its
@@ -314,32 +314,13 @@ def matched_lines(mu: Any, baseline: str, higher: bool, flagged: dict[str, dict]
         if not isinstance(e, dict) or "note" in e or not isinstance(e.get("operating_point"), dict):
             out.append(f"{m}: {e.get('note') if isinstance(e, dict) else e}")
             continue
-        op, gt, gv = e["operating_point"], as_number(e.get("gain_test")), as_number(e.get("gain_val"))
+        op = e["operating_point"]
         if op.get("key") in (flagged or {}):
             out.append(f"{m}: operating point {op.get('label')} s={as_number(op.get('strength')) or 0:g} is flagged "
                        f"{health_detail(flagged[op['key']])}; no gain reported")
             continue
-        x = as_number(e.get("neutral_kl_test" if axis == "kl" else "utility_test"))
-        at = MISSING if x is None else f"neutral_kl {x:.3g}" if axis == "kl" else f"utility {x:.1f}"
-        test = (f"on test invalid ({'; '.join(map(str, e['test_invalid']))}): no gain reported" if e.get("test_invalid")
-                else f"on test {e['not_decidable']}: no gain reported" if e.get("not_decidable") else
-                f"gain on test {MISSING} (no test point)" if "attribute_test" not in e else
-                f"gain on test {MISSING} ({at} is more useful than every {baseline} point)" if gt is None else
-                f"gain on test {gt:+.1f}{_ci_text(e.get('gain_test_ci'))} (attribute {e['attribute_test']:.1f} vs "
-                f"{baseline} {e['baseline_attribute_test']:.1f} "
-                + (f"at its least useful front point, more useful than {at})" if e.get("below_front_test") is True
-                   else f"at {at})"))
-        out.append(f"{m}: operating point {op.get('label')} s={as_number(op.get('strength')) or 0:g} (gain on val "
-                   + (MISSING if gv is None else f"{gv:+.1f}") + f"); {test}")
+        out.append(f"{m}: {matched_entry_text(e, axis, baseline)}")
     return out
-
-
-def _ci_text(ci: Any) -> str:
-    """A gain's paired CI as the sweep's analysis wrote it ("" for sweeps from before it)."""
-    if not isinstance(ci, dict) or not isinstance(ci.get("ci95"), list) or None in map(as_number, ci["ci95"]):
-        return ""
-    lo, hi = ci["ci95"]
-    return f" [95% CI {lo:+.1f}, {hi:+.1f}" + ("; no detectable difference]" if ci.get("no_detectable_difference") else "]")
 
 
 def _ref_x(ref: dict) -> str:
