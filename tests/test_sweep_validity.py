@@ -9,6 +9,7 @@ import yaml
 from scipy import stats
 
 from editbench.cli import main
+from editbench.evaluation.metrics import newcombe_paired_interval, wilson_interval
 from editbench.evaluation.power import n_for_halfwidth, paired_gain, power_statement
 from editbench.evaluation.tradeoff import analyze, format_analysis, item_values
 from editbench.evaluation.utility import MC_TASKS, _mc_rows
@@ -114,8 +115,11 @@ def test_paired_bootstrap_matches_an_independent_computation():
     unpaired = 100 * 1.96 * math.sqrt(a.var(ddof=1) / 60 + b.var(ddof=1) / 60)
     assert (g["ci95"][1] - g["ci95"][0]) / 2 < unpaired  # pairing uses the shared items
     assert g["no_detectable_difference"] == (g["ci95"][0] <= 0 <= g["ci95"][1])
+    # every pair differs the same way: the bootstrap has no width, Newcombe's paired interval does
     same = paired_gain([(1.0, {i: 1.0 for i in range(9)}), (-1.0, {i: 0.0 for i in range(9)})], 100.0)
-    assert same["ci95"] == [100.0, 100.0] and not same["no_detectable_difference"]
+    w = wilson_interval(0, 9)[1]
+    assert same["mean"] == 100.0 and same["ci_method"] == "newcombe" and not same["no_detectable_difference"]
+    assert same["ci95"] == pytest.approx([100 * (1 - math.sqrt(2) * w), 100.0])
     assert paired_gain([(1.0, {1: 1.0}), (-1.0, {2: 1.0})], 100.0) is None  # no shared item
     assert n_for_halfwidth(10.0, 50.0) == 97  # 1.96^2 * 0.25 / 0.1^2 = 96.04
     assert power_statement(10.0, 100.0, 32, [])["n_needed"] == 97
@@ -340,3 +344,46 @@ def test_paired_score_gain_for_knowledge_edit_points():
             {"kind": "attribute", "key": "k", "split": "test", "item_id": 8, "value": None,
              "post": {"efficacy": 1.0, "generalization": None, "specificity": 0.0}}]  # incomplete: left out
     assert item_values(recs) == {("k", "test"): {"7": (1.0, 0.5, 0.0)}}
+
+
+def test_newcombe_paired_interval_for_zero_width_gains():
+    # 0 of 32 vs 0 of 32: not a certain 0 but +-(the Wilson upper bound of 0/32)
+    zero = paired_gain([(1.0, {i: 0.0 for i in range(32)}), (-1.0, {i: 0.0 for i in range(32)})], 100.0)
+    u = 100 * wilson_interval(0, 32)[1]
+    assert zero["ci_method"] == "newcombe" and zero["ci95"] == pytest.approx([-u, u]) and zero["no_detectable_difference"]
+    # an interpolated baseline that agrees with the method on every item: the same paired table
+    ones = {i: float(i < 5) for i in range(32)}
+    interp = paired_gain([(1.0, ones), (-0.3, dict(ones)), (-0.7, dict(ones))], 100.0)
+    assert interp["ci_method"] == "newcombe" and interp["ci95"][0] < 0 < interp["ci95"][1]
+    assert interp["ci95"] == pytest.approx([100 * v for v in newcombe_paired_interval(5, 0, 0, 27)])
+    # non-binary values keep the bootstrap's (zero-width) interval
+    half = paired_gain([(1.0, {i: 0.5 for i in range(8)}), (-1.0, {i: 0.5 for i in range(8)})], 100.0)
+    assert "ci_method" not in half and half["ci95"] == [0.0, 0.0]
+    # with no discordant pair and no correlation term, it is the two Wilson half-widths combined
+    p1, p2, n = 12 / 40, 12 / 40, 40
+    lo, hi = newcombe_paired_interval(12, 0, 0, 28)
+    (l1, u1) = wilson_interval(12, n)
+    assert lo < 0 < hi and hi - lo < 2 * math.hypot(u1 - p1, p2 - l1) + 1e-12  # phi > 0 narrows it
+
+
+def test_newcombe_paired_interval_coverage():
+    """Coverage by simulation (an independent check of the formula): near 95% for correlated pairs
+    at small n, including rates near 0 where a Wald interval fails."""
+    rng = np.random.default_rng(3)
+    for p1, p2, agree, n in ((0.1, 0.1, 0.9, 30), (0.3, 0.15, 0.7, 40), (0.5, 0.5, 0.5, 25), (0.03, 0.0, 0.97, 32)):
+        hits, reps = 0, 3000
+        for _ in range(reps):
+            x = rng.random(n) < p1
+            y = np.where(rng.random(n) < agree, x, rng.random(n) < p2)
+            a, b = int(np.sum(x & y)), int(np.sum(x & ~y))
+            c = int(np.sum(~x & y))
+            lo, hi = newcombe_paired_interval(a, b, c, n - a - b - c)
+            truth = p1 - (agree * p1 + (1 - agree) * p2)
+            hits += lo <= truth <= hi
+        assert hits / reps >= 0.92, (p1, p2, agree, n, hits / reps)  # conservative where pairs mostly agree
+    # large n: the paired Wald interval, SE = sqrt((b + c) - (b - c)^2 / n) / n
+    a, b, c, d = 700, 260, 180, 860
+    n = a + b + c + d
+    se = math.sqrt((b + c) - (b - c) ** 2 / n) / n
+    lo, hi = newcombe_paired_interval(a, b, c, d)
+    assert lo == pytest.approx((b - c) / n - 1.96 * se, abs=2e-3) and hi == pytest.approx((b - c) / n + 1.96 * se, abs=2e-3)

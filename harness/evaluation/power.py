@@ -50,7 +50,30 @@ def paired_gain(terms: Sequence[tuple[float, Mapping[Any, Any]]], scale: float,
     if agg["mean"] is None:
         return None
     lo, hi = agg["ci95"]
-    return {"mean": agg["mean"], "ci95": [lo, hi], "n": agg["n"], "no_detectable_difference": bool(lo <= 0 <= hi)}
+    out = {"mean": agg["mean"], "ci95": [lo, hi], "n": agg["n"]}
+    if lo == hi and all(vals[i] in (0, 1) for _, vals in terms for i in ids):
+        pairs = _binary_pairs(terms, ids, diffs)
+        if pairs is not None:  # every pair agrees (or one term each way): Newcombe's paired interval
+            a = sum(x and y for x, y in pairs)
+            b = sum(x and not y for x, y in pairs)
+            c = sum(y and not x for x, y in pairs)
+            lo, hi = (v * scale for v in M.newcombe_paired_interval(a, b, c, len(pairs) - a - b - c))
+            out.update(ci95=[lo, hi], ci_method="newcombe")
+    return {**out, "no_detectable_difference": bool(lo <= 0 <= hi)}
+
+
+def _binary_pairs(terms: Sequence[tuple[float, Mapping[Any, Any]]], ids: list, diffs: list) -> list | None:
+    """(method, baseline) per item for a zero-width gain of 0/1 values: a method-minus-one-point
+    gain pairs its two columns; an interpolated baseline whose every difference is 0 agrees with the
+    method on every item (its 0/1 points do too); anything else has no paired table (None)."""
+    (w0, first), rest = terms[0], terms[1:]
+    if w0 != 1:
+        return None
+    if len(rest) == 1 and rest[0][0] == -1:
+        return [(bool(first[i]), bool(rest[0][1][i])) for i in ids]
+    if all(abs(d) < 1e-9 for d in diffs):
+        return [(bool(first[i]), bool(first[i])) for i in ids]
+    return None
 
 
 def n_for_halfwidth(halfwidth: float, sd: float) -> int:

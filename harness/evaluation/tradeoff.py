@@ -327,7 +327,8 @@ def gain_ci_text(c: Any) -> str:
     ci = c.get("ci95") if isinstance(c, dict) else None
     if not isinstance(ci, list) or len(ci) != 2 or None in map(_number, ci):
         return ", no paired CI"
-    over = f", paired bootstrap over {c['n']} items" if isinstance(c.get("n"), int) else ""
+    how = "Newcombe paired score interval" if c.get("ci_method") == "newcombe" else "paired bootstrap"
+    over = f", {how} over {c['n']} items" if isinstance(c.get("n"), int) else ""
     verdict = "; no detectable difference" if c.get("no_detectable_difference") else ""
     return f" [95% CI {ci[0]:+.1f}, {ci[1]:+.1f}{over}{verdict}]"
 
