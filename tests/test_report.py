@@ -208,19 +208,27 @@ def test_mixed_protocols_are_separate_tables(tmp_path, capsys):
     make_run(tmp_path, "c", method="ft", data_sha="d" * 64)  # other data file content
     make_run(tmp_path, "d", method="ft", split="rome500")
     make_run(tmp_path, "e", method="ft")  # same protocol as a
+    f = make_run(tmp_path, "f", method="ft")  # another population of cases (`run --cases`)
+    for name in ("config.json", "summary.json"):
+        d = json.loads((f / name).read_text())
+        (d.get("config") or d)["cases"] = "with-subject-facts"
+        (f / name).write_text(json.dumps(d))
     code, out, _ = cli(["report", tmp_path, "--out", tmp_path / "rep"], capsys)
-    assert code == 0 and "5 runs, 4 table(s)" in out
+    assert code == 0 and "6 runs, 5 table(s)" in out
     board = json.loads((tmp_path / "rep" / "leaderboard.json").read_text())
     titles = [g["title"] for g in board["groups"]]
-    assert sum("edit — smollm2-135m (protocol" in t for t in titles) == 3
+    assert sum("edit — smollm2-135m (protocol" in t for t in titles) == 4
     assert "counterfact / rome500 — smollm2-135m" in titles
     sizes = sorted(len(g["runs"]) for g in board["groups"])
-    assert sizes == [1, 1, 1, 2]
+    assert sizes == [1, 1, 1, 1, 2]
     notes = " ".join(n for g in board["groups"] for n in g["notes"])
     assert "model weights sha256 (aaaaaaaaaaaa vs cccccccccccc)" in notes
     assert "data file sha256" in notes
+    assert "case selection (all vs with-subject-facts)" in notes
     md = (tmp_path / "rep" / "leaderboard.md").read_text()
-    assert md.count("## counterfact / edit") == 3 and "Not merged with protocol" in md
+    assert md.count("## counterfact / edit") == 4 and "Not merged with protocol" in md
+    assert "cases `with-subject-facts`." in md
+    assert "cases <code>with-subject-facts</code>" in (tmp_path / "rep" / "index.html").read_text()
 
 
 def test_metric_columns_come_from_the_summaries(tmp_path, capsys):

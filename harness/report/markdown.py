@@ -124,7 +124,8 @@ def _md_protocol(p: dict) -> str:
     settings = "" if "settings" not in p else ", settings " + code(json.dumps(p["settings"], sort_keys=True))
     return (f"Protocol: benchmark {code(p['benchmark'])}, split {code(p['split'])}, model {code(p['model'])} "
             f"(weights sha256 {code(short(p['weights_sha256']))}), dtype {code(p['dtype'])}, data "
-            + ", ".join(f"{code(k)} sha256 {code(short(v))}" for k, v in p["data_sha256"].items()) + settings + ".")
+            + ", ".join(f"{code(k)} sha256 {code(short(v))}" for k, v in p["data_sha256"].items()) + settings
+            + ("" if p.get("cases", "all") == "all" else f", cases {code(p['cases'])}") + ".")
 
 
 def _notes(notes: Sequence[str]) -> list[str]:
@@ -161,7 +162,7 @@ def render_markdown(board: dict, figures: dict[int, list[tuple[str, str]]] | Non
     out = ["# editbench leaderboard", "",
            "Cells: mean [95% bootstrap CI] over cases (x100 for rates and probabilities). "
            f"`{MISSING}` = metric not reported by that run. Runs under different protocols "
-           "(benchmark split, model weights, data files, dtype) are in separate tables; attribute-utility sweeps "
+           "(benchmark split, model weights, data files, dtype, case selection) are in separate tables; attribute-utility sweeps "
            "have their own sections, which state their attribute's scale and direction.", ""]
     out += _md_legend(board)
     for gi, g in enumerate(board["groups"]):

@@ -313,12 +313,14 @@ def direction_overrides(summary: dict) -> dict[str, str]:
 def protocol_of(run: Run) -> dict:
     """What must be equal for two runs' numbers to share a column."""
     return {"benchmark": run.benchmark, "split": run.split, "model": run.model_id,
-            "weights_sha256": run.weights_sha, "data_sha256": dict(run.data_hashes), "dtype": run.dtype}
+            "weights_sha256": run.weights_sha, "data_sha256": dict(run.data_hashes), "dtype": run.dtype,
+            # `run --cases`: another population of cases, whose unedited reference differs
+            "cases": str(run.config.get("cases") or "all")}
 
 
 PROTOCOL_LABELS = {"benchmark": "benchmark", "split": "benchmark split", "model": "model",
                    "weights_sha256": "model weights sha256", "data_sha256": "data file sha256",
-                   "dtype": "dtype", "settings": "sweep settings"}
+                   "dtype": "dtype", "cases": "case selection", "settings": "sweep settings"}
 
 
 def protocol_diff(a: dict, b: dict) -> list[str]:
