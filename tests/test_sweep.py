@@ -168,6 +168,45 @@ def test_utility_suite_records_and_bootstrap():
         UtilityConfig(tasks=["mmlu"])
 
 
+def test_perplexity_windows_start_with_the_tokenizers_special_prefix():
+    """Windows carry the tokenizer's BOS where it adds one (Gemma without it is another model) and
+    are scored on the same tokens either way: a window's own tokens after its first."""
+    import dataclasses
+
+    import torch
+    from tokenizers import processors
+
+    from editbench.modeling.loading import byte_tokenizer
+
+    lm = tiny("tiny-llama")
+    cfg = UtilityConfig(tasks=["arc_easy"], limit=1, wikitext_windows=2, window=16, fluency=0, neutral=0)
+
+    def window_nll(lm, ids, skip):
+        with torch.no_grad():
+            logits = lm.model(input_ids=torch.tensor([ids])).logits[0].float()
+        logp = torch.log_softmax(logits[skip:-1], -1)
+        return float(-logp.gather(-1, torch.tensor(ids[skip + 1:])[:, None]).mean())
+
+    plain = UtilitySuite(cfg)
+    wins = plain._windows(lm, "test")
+    assert all(len(w) == 16 for w in wins)  # the byte tokenizer adds nothing
+    recs = plain._perplexity(lm, None, "test", batch_size=4)
+    assert [r["nll"] for r in recs] == pytest.approx([window_nll(lm, w, 0) for w in wins], abs=1e-5)
+
+    tok = byte_tokenizer()
+    bos = tok.convert_tokens_to_ids("<eos>")
+    tok._tokenizer.post_processor = processors.TemplateProcessing(single="<eos> $A", special_tokens=[("<eos>", bos)])
+    assert tok("")["input_ids"] == [bos]
+    with_bos = dataclasses.replace(lm, tokenizer=tok)
+    suite = UtilitySuite(cfg)
+    bwins = suite._windows(with_bos, "test")
+    assert [w[0] for w in bwins] == [bos] * 2 and [w[1:] for w in bwins] == wins
+    brecs = suite._perplexity(with_bos, None, "test", batch_size=4)
+    expect = [window_nll(lm, w, 1) for w in bwins]
+    assert [r["nll"] for r in brecs] == pytest.approx(expect, abs=1e-5)
+    assert [r["nll"] for r in brecs] != pytest.approx([r["nll"] for r in recs], abs=1e-4)  # BOS changes the context
+
+
 def test_sweep_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="no key 'metods'"):
         SweepConfig.from_dict({"benchmark": "safety", "metods": [], "out": "x"})

@@ -5,7 +5,8 @@ Tasks (data under ``utility/`` of the data bundle), each split 50/50 into seeded
   highest log-probability per character of the choice, as lm-evaluation-harness): ``csqa``
   (CommonsenseQA dev), ``arc_easy``, ``arc_challenge``, ``piqa``;
 * ``wikitext``: perplexity over non-overlapping ``window``-token windows of wikitext-2 test
-  (``"\\n\\n".join(rows)``), windows alternating between val and test;
+  (``"\\n\\n".join(rows)``), windows alternating between val and test, each after the
+  tokenizer's special prefix (BOS where it adds one), scored on its tokens after the first;
 * ``fluency``: n-gram entropy of greedy responses to held-out Alpaca instructions;
 * ``neutral_kl`` [ours]: mean next-token ``KL(unedited || edited)`` over neutral text, per text
   (mean over its positions), then over texts: the fixed wikitext-2 windows of the CounterFact
@@ -199,7 +200,10 @@ class UtilitySuite:
             text = "\n\n".join(r["text"] for r in records)
             ids = lm.tokenizer(text[: 400 * self.cfg.window * self.cfg.wikitext_windows], add_special_tokens=False)["input_ids"]
             W = self.cfg.window
-            wins = [ids[i:i + W] for i in range(0, len(ids) - W + 1, W)]
+            # each window starts with the tokenizer's special prefix, as every prompt does (Gemma
+            # without its BOS is a different model: wikitext perplexity 140 instead of 31)
+            prefix = _special_prefix(lm)
+            wins = [prefix + ids[i:i + W] for i in range(0, len(ids) - W + 1, W)]
             self._cache[key] = wins[(0 if split == "val" else 1)::2][: self.cfg.wikitext_windows]
         return self._cache[key]
 
@@ -247,8 +251,10 @@ class UtilitySuite:
                           prompt_lengths=torch.full((len(chunk),), ids.shape[1], device=lm.device))
             with bctx(batch) if bctx else nullcontext():
                 hidden = lm.adapter.base(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-            logp = torch.log_softmax(lm.adapter.logits(hidden[:, :-1]).float(), -1)
-            nll = -logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1).mean(1)
+            # the window's own tokens after its first (window - 1 of them, with or without a prefix)
+            skip = len(_special_prefix(lm))
+            logp = torch.log_softmax(lm.adapter.logits(hidden[:, skip:-1]).float(), -1)
+            nll = -logp.gather(-1, ids[:, skip + 1:].unsqueeze(-1)).squeeze(-1).mean(1)
             out += [{"task": "wikitext", "item_id": f"w{split}{s + k}", "nll": float(v)} for k, v in enumerate(nll.tolist())]
         return out
 
@@ -362,3 +368,9 @@ def mean_of_tasks(tasks: Sequence[np.ndarray], scale: float = 100.0) -> dict:
     mean = float(np.mean([t.mean() for t in tasks]))
     return {"mean": mean * scale, "std": float(boots.std() * scale), "n": int(sum(len(t) for t in tasks)),
             "ci95": [float(lo) * scale, float(hi) * scale], "note": "std is the bootstrap standard error"}
+
+
+def _special_prefix(lm) -> list[int]:
+    """The special tokens the tokenizer puts before any text (BOS for Gemma and Llama 2; none for
+    GPT-2 or SmolLM2)."""
+    return list(lm.tokenizer("")["input_ids"])
