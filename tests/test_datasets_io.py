@@ -121,12 +121,14 @@ def test_benchmark_records_equal_plain_reads():
     class Tok:  # the window builder only slices the text and tokenises it: record what it is given
         seen: list = []
 
-        def __call__(self, s, add_special_tokens=False):
-            Tok.seen.append(s)
+        def __call__(self, s, add_special_tokens=True):
+            Tok.seen.append((s, add_special_tokens))
             return {"input_ids": list(range(len(s)))}
 
     suite._windows(type("LM", (), {"tokenizer": Tok()})(), "val")
-    assert Tok.seen == [text[: 400 * suite.cfg.window * suite.cfg.wikitext_windows]]
+    # the text itself, without special tokens (the special prefix is asked for with an empty text)
+    assert [s for s, special in Tok.seen if not special] == [text[: 400 * suite.cfg.window * suite.cfg.wikitext_windows]]
+    assert [s for s, special in Tok.seen if special] == [""]
 
 
 def _attach(root, cases):
