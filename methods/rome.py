@@ -86,7 +86,7 @@ import torch.nn.functional as F
 
 from editbench import ColumnDelta, ConfigError, EditRequest, LoadedModel, Method, WeightIntervention
 from editbench.data import data_file, sha256_file
-from editbench.modeling.scoring import encode_prompt, encode_target
+from editbench.modeling.scoring import encode_prompt, encode_target, special_prefix
 from editbench.methods.mega import subject_last_token
 from editbench.modeling.hooks import capture, hooked
 from editbench.modeling.loading import cache_dir
@@ -216,7 +216,7 @@ def mom2_windows(lm: LoadedModel, text: str, n_tokens: int, window: int) -> list
     """The first ``n_tokens`` tokens of ``text`` as windows of ``window`` tokens, each starting with
     the tokenizer's special prefix (e.g. BOS; none for GPT-2)."""
     tok = lm.tokenizer
-    prefix = list(tok("")["input_ids"])
+    prefix = special_prefix(tok)
     body = window - len(prefix)
     if body < 1:
         raise ConfigError(f"mom2 window of {window} tokens is too short")

@@ -13,6 +13,7 @@ import torch
 
 from editbench.evaluation.utility import UtilityConfig, UtilitySuite
 from editbench.modeling.loading import load_model
+from editbench.modeling.scoring import special_prefix
 
 
 def main() -> None:
@@ -23,7 +24,7 @@ def main() -> None:
     args = ap.parse_args()
     lm = load_model(args.model)
     suite = UtilitySuite(UtilityConfig(wikitext_windows=args.windows, window=args.window))
-    prefix = list(lm.tokenizer("")["input_ids"])
+    prefix = special_prefix(lm.tokenizer)
     wins = [w[len(prefix):] for w in suite._windows(lm, "test")]  # the window's own tokens
     for name, pre in (("without prefix", []), (f"with prefix {prefix}", prefix)):
         nll = []

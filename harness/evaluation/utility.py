@@ -36,7 +36,7 @@ from editbench.data import data_file, sha256_file
 from editbench.datasets_io import jsonl_line, load_local
 from editbench.errors import ConfigError, DataError
 from editbench.evaluation.scope import NEUTRAL_TEXT, neutral_windows
-from editbench.modeling.scoring import encode_prompt, generate, score_choices, window_logprobs
+from editbench.modeling.scoring import encode_prompt, generate, score_choices, special_prefix, window_logprobs
 
 MC_TASKS = {
     "csqa": "utility/csqa_dev_rand_split.jsonl",
@@ -202,7 +202,7 @@ class UtilitySuite:
             W = self.cfg.window
             # each window starts with the tokenizer's special prefix, as every prompt does (Gemma
             # without its BOS is a different model: wikitext perplexity 140 instead of 31)
-            prefix = _special_prefix(lm)
+            prefix = special_prefix(lm.tokenizer)
             wins = [prefix + ids[i:i + W] for i in range(0, len(ids) - W + 1, W)]
             self._cache[key] = wins[(0 if split == "val" else 1)::2][: self.cfg.wikitext_windows]
         return self._cache[key]
@@ -242,6 +242,7 @@ class UtilitySuite:
         from editbench.modeling.scoring import Batch
 
         wins = self._windows(lm, split)
+        skip = len(special_prefix(lm.tokenizer))  # score the window's own tokens after its first
         out = []
         for s in range(0, len(wins), batch_size):
             chunk = wins[s:s + batch_size]
@@ -251,8 +252,6 @@ class UtilitySuite:
                           prompt_lengths=torch.full((len(chunk),), ids.shape[1], device=lm.device))
             with bctx(batch) if bctx else nullcontext():
                 hidden = lm.adapter.base(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-            # the window's own tokens after its first (window - 1 of them, with or without a prefix)
-            skip = len(_special_prefix(lm))
             logp = torch.log_softmax(lm.adapter.logits(hidden[:, skip:-1]).float(), -1)
             nll = -logp.gather(-1, ids[:, skip + 1:].unsqueeze(-1)).squeeze(-1).mean(1)
             out += [{"task": "wikitext", "item_id": f"w{split}{s + k}", "nll": float(v)} for k, v in enumerate(nll.tolist())]
@@ -369,8 +368,3 @@ def mean_of_tasks(tasks: Sequence[np.ndarray], scale: float = 100.0) -> dict:
     return {"mean": mean * scale, "std": float(boots.std() * scale), "n": int(sum(len(t) for t in tasks)),
             "ci95": [float(lo) * scale, float(hi) * scale], "note": "std is the bootstrap standard error"}
 
-
-def _special_prefix(lm) -> list[int]:
-    """The special tokens the tokenizer puts before any text (BOS for Gemma and Llama 2; none for
-    GPT-2 or SmolLM2)."""
-    return list(lm.tokenizer("")["input_ids"])

@@ -90,6 +90,12 @@ class RowsContext:
         return self.fn(batch)
 
 
+def special_prefix(tokenizer) -> list[int]:
+    """The special tokens the tokenizer puts before any text (BOS for Gemma and Llama 2; none for
+    GPT-2 or SmolLM2): what a window of raw text needs to look like a prompt to the model."""
+    return list(tokenizer("")["input_ids"])
+
+
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
     ids = tokenizer(prompt)["input_ids"]
     if not ids:
