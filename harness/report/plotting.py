@@ -242,8 +242,10 @@ def tradeoff_figure(group: dict) -> tuple[str, bytes, str] | None:
             cfg = f", {label_cfg}" if label_cfg and label_cfg != "defaults" else ""
             label = plain(f"{rows[0]['method']} ({rows[0].get('method_class', '?')}, {rid}{cfg})")
             if all(p[1]["ci95"][0] is not None and p[2]["ci95"][0] is not None for p in pts):
-                xerr = [[p[1]["mean"] - p[1]["ci95"][0] for p in pts], [p[1]["ci95"][1] - p[1]["mean"] for p in pts]]
-                yerr = [[p[2]["mean"] - p[2]["ci95"][0] for p in pts], [p[2]["ci95"][1] - p[2]["mean"] for p in pts]]
+                # clipped at 0: a bootstrap CI of a harmonic mean (the Score) can sit a float's width
+                # off its point estimate (0 [0, 0] with NS = 0), which errorbar() rejects
+                xerr = np.clip([[p[1]["mean"] - p[1]["ci95"][0] for p in pts], [p[1]["ci95"][1] - p[1]["mean"] for p in pts]], 0, None)
+                yerr = np.clip([[p[2]["mean"] - p[2]["ci95"][0] for p in pts], [p[2]["ci95"][1] - p[2]["mean"] for p in pts]], 0, None)
                 ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="none", ecolor=c, alpha=0.25, lw=1)
             ax.plot(xs, ys, "-", marker=SERIES_MARKERS[i_s % len(SERIES_MARKERS)], color=c, label=label, ms=4.5,
                     lw=1.4)
