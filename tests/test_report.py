@@ -171,6 +171,17 @@ def test_report_tables(tmp_path, capsys):
     assert list((tmp_path / "rep" / "figures").glob("*.png"))
 
 
+def test_figure_takes_an_interval_a_float_off_its_estimate(tmp_path):
+    """Wilson's interval for 0/n has a lower bound of ~3e-16, above the estimate 0; the trade-off
+    figure must draw it (the error bar clipped at 0), not fail as matplotlib's errorbar did."""
+    d = make_run(tmp_path / "runs", "nogate", method="mega", points={1.0: {**CF, "specificity": 0.0}})
+    s = json.loads((d / "summary.json").read_text())
+    s["points"]["1.0"]["post"]["specificity"]["ci95"] = [3.469446951953614e-16, 3.7]
+    (d / "summary.json").write_text(json.dumps(s))
+    write_report([tmp_path / "runs"], tmp_path / "rep")
+    assert list((tmp_path / "rep" / "figures").glob("tradeoff-*.png"))
+
+
 def test_report_is_byte_reproducible(tmp_path, capsys):
     """Regenerating a report from the same runs rewrites identical files (figures carry no date and
     no random SVG ids), so committed reports only change when a number does."""
