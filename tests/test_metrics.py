@@ -96,6 +96,18 @@ def test_wilson_interval_where_the_bootstrap_has_zero_width():
     assert (lo, hi) == pytest.approx((c - h, c + h))
 
 
+@pytest.mark.parametrize("n", [1, 7, 100, 2200, 10_000])
+def test_wilson_interval_holds_its_estimate_exactly_at_zero_and_all(n):
+    """0 of n has lower bound exactly 0 and n of n upper bound exactly 1 (floating cancellation
+    left 3.5e-16 above 0 at 0 of 100: the estimate fell outside its own interval)."""
+    from editbench.evaluation.metrics import aggregate, wilson_interval
+
+    assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0
+    assert aggregate([0.0] * n, proportion=True)["ci95"][0] == 0.0
+    assert aggregate([1.0] * n, proportion=True)["ci95"][1] == 100.0
+    assert 0.0 < wilson_interval(1, n)[0] < wilson_interval(1, n)[1] < 1.0 or n == 1
+
+
 def test_rates_are_declared_and_pre_edit_zeros_stay_exact():
     from editbench.evaluation import metric_registry as R
     from editbench.evaluation.scope import ZERO_BEFORE_EDIT

@@ -114,11 +114,15 @@ def split_non_finite(metrics: dict) -> list[str]:
 def wilson_interval(successes: float, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
     """Wilson score 95% interval of a proportion from ``n`` trials. ``successes`` may be fractional
     (the sum of per-case rates in [0, 1]): a [0, 1] variable with mean p has variance at most
-    p(1 - p), so the Bernoulli interval is a conservative bound for it."""
+    p(1 - p), so the Bernoulli interval is a conservative bound for it. At 0 of n (n of n) the
+    bound is exactly 0 (1): centre - half cancels there only up to rounding (3.5e-16 at 0 of 100),
+    which would put the estimate outside its own interval."""
     p, z2 = successes / n, z * z
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z * math.sqrt(max(p * (1 - p), 0.0) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    lo = 0.0 if successes <= 0 else max(0.0, centre - half)
+    hi = 1.0 if successes >= n else min(1.0, centre + half)
+    return lo, hi
 
 
 def newcombe_paired_interval(a: int, b: int, c: int, d: int,
