@@ -804,3 +804,22 @@ def test_index_html_renders_in_headless_chromium(tmp_path):
     proc = subprocess.run([*cmd[:-2], "--window-size=1280,2000", f"--screenshot={shot}", page.as_uri()],
                           capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert proc.returncode == 0 and shot.stat().st_size > 10_000
+
+
+def test_regenerating_into_the_same_folder_prunes_figures_nothing_links_to(tmp_path):
+    """Adding runs renumbers the tables (figure names carry the table index), so an earlier report's
+    figure files can be left that nothing links to: they go, the files this report links stay, and
+    files that are not the report's own stay."""
+    make_run(tmp_path / "runs", "s2e", points={1.0: CF})
+    rep = tmp_path / "rep"
+    write_report([tmp_path / "runs"], rep)
+    stale = [rep / "figures" / n for n in ("tradeoff-7-counterfact-gone.png", "tradeoff-7-counterfact-gone.svg",
+                                           "sweep-S9-safety-gone.png")]
+    for p in stale:
+        p.write_bytes(b"old")
+    (rep / "figures" / "notes.png").write_bytes(b"mine")
+    board = write_report([tmp_path / "runs"], rep)
+    linked = {Path(f).name for g in board["groups"] for f in g.get("figures", [])}
+    assert linked and {p.name for p in (rep / "figures").glob("*.png")} == linked | {"notes.png"}
+    assert not any(p.exists() for p in stale)
+    assert {p.stem for p in (rep / "figures").glob("*.svg")} == {Path(n).stem for n in linked}

@@ -31,6 +31,16 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text)[:80].strip("-").lower()
 
 
+def _prune_figures(folder: Path, written: set[str]) -> None:
+    """Remove the report's own figure files (``tradeoff-*``, ``sweep-*``) that this run did not write:
+    table numbers and titles change when runs are added, so regenerating a committed report into the
+    same folder would otherwise leave figures that nothing links to. Other files are left alone."""
+    for p in folder.glob("*"):
+        if (p.is_file() and p.suffix in (".png", ".svg") and p.name.startswith(("tradeoff-", "sweep-"))
+                and p.stem not in written):
+            p.unlink()
+
+
 def write_report(inputs: Sequence[str | Path], out_dir: str | Path, worst: int = 5, figures: bool = True,
                  broken_kl: float | str = 1.0, broken_fluency_drop: float | str = 1.0) -> dict:
     """Build the leaderboard from run and sweep directories and write md/json/html (+ figure files).
@@ -71,6 +81,9 @@ def write_report(inputs: Sequence[str | Path], out_dir: str | Path, worst: int =
                 if name is not None:
                     sweep_png[sb["id"]] = name.read_bytes()
                     sweep_md[sb["id"]] = sb["figure"] = f"figures/{name.name}"
+    if figures:
+        _prune_figures(out / "figures", {Path(rel).stem for rel in (*(r for fs in figs_md.values() for _, r in fs),
+                                                                    *sweep_md.values())})
     drill = {}
     if worst:
         for g in board["groups"]:
