@@ -5,17 +5,20 @@ directories' summary.json files, so every number in that table comes from a comm
 
 One row per run and strength, from its post-edit aggregates (the `unedited` method's are the
 unedited model's). Rates x100 with their 95% CI, KLs in nats, fluency
-in bits; `subj-NS` also prints its n (cases with other-relation facts about the subject)."""
+in bits; `subj-NS` also prints its n (cases with other-relation facts about the subject).
+``--subject-magnitude`` adds `subj-mag` (subject_specificity_magnitude, points of probability), as the
+with-subject-facts tables show it."""
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 COLUMNS = [("efficacy", 0), ("generalization", 0), ("specificity", 0), ("score", 0), ("subject_specificity", 0),
            ("cfplus_specificity", 0), ("subject_leak", 0), ("subject_kl", 2), ("neutral_kl", 2), ("fluency", 2)]
-HEADER = "| run | class | s | ES | PS | NS | Score | subj-NS | CF+ NS | leak | subj KL | neutral KL | fluency |"
+NAMES = ["ES", "PS", "NS", "Score", "subj-NS", "CF+ NS", "leak", "subj KL", "neutral KL", "fluency"]
+MAGNITUDE = ("subject_specificity_magnitude", 1)
 
 
 def cell(agg: dict | None, digits: int, show_n: bool = False) -> str:
@@ -26,23 +29,36 @@ def cell(agg: dict | None, digits: int, show_n: bool = False) -> str:
     return text + (f" (n={agg['n']})" if show_n else "")
 
 
-def rows(run: Path) -> list[str]:
+def columns(magnitude: bool) -> tuple[list[tuple[str, int]], list[str]]:
+    """(metric, digits) and header names, with `subj-mag` after `subj-NS` when asked for."""
+    at = NAMES.index("subj-NS") + 1
+    if not magnitude:
+        return COLUMNS, NAMES
+    return COLUMNS[:at] + [MAGNITUDE] + COLUMNS[at:], NAMES[:at] + ["subj-mag"] + NAMES[at:]
+
+
+def rows(run: Path, cols: list[tuple[str, int]] = COLUMNS) -> list[str]:
     s = json.loads((run / "summary.json").read_text())
     out = []
     for strength, point in sorted(s["points"].items(), key=lambda kv: float(kv[0])):
         aggs = point["post"]
-        cells = [cell(aggs.get(m), d, m == "subject_specificity") for m, d in COLUMNS]
+        cells = [cell(aggs.get(m), d, m == "subject_specificity") for m, d in cols]
         out.append(f"| {run.name} | {s.get('method_class', '-')} | {float(strength):g} | " + " | ".join(cells) + " |")
     return out
 
 
-def main(argv: list[str]) -> None:
-    print(HEADER)
-    print("|" + "---|" * 13)
-    for d in argv:
-        for line in rows(Path(d)):
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="README table rows from CounterFact run directories")
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--subject-magnitude", action="store_true", help="add the subj-mag column after subj-NS")
+    a = ap.parse_args(argv)
+    cols, names = columns(a.subject_magnitude)
+    print("| run | class | s | " + " | ".join(names) + " |")
+    print("|" + "---|" * (len(names) + 3))
+    for d in a.runs:
+        for line in rows(d, cols):
             print(line)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()
