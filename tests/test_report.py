@@ -27,6 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def agg(mean, half=5.0, n=20):
+    if isinstance(mean, dict):  # an aggregate given whole (e.g. with non_finite)
+        return mean
     return {"mean": mean, "std": 10.0, "n": n, "ci95": [mean - half, mean + half]}
 
 
@@ -207,7 +209,8 @@ def test_missing_metric_is_shown_as_missing(tmp_path, capsys):
     assert cells[8] == MISSING  # the fluency column
     gen = next(r for r in rows if r.startswith("| steer2edit |"))
     assert "600.0 [595.0, 605.0]" in gen
-    assert f"{MISSING} in column `fluency`: not reported by" in md and "(needs --generation)" in md
+    assert f"{MISSING} in column `fluency`: not reported by" in md
+    assert "(a summary from before the health metrics, or health off)" in md and "--generation" not in md
     board = json.loads((tmp_path / "rep" / "leaderboard.json").read_text())
     row = next(r for r in board["groups"][0]["rows"] if r["method"] == "steering")
     assert row["metrics"]["fluency"] is None and row["metrics"]["efficacy"]["mean"] == 60.0
@@ -366,6 +369,21 @@ def test_report_sweeps_and_runs_in_separate_sections(tmp_path, capsys):
     page = (tmp_path / "rep" / "index.html").read_text()
     assert page.count('src="data:image/png;base64,') == 4  # the run group's figure + one per sweep
     assert page.count('data-run="R1"') == 4 and page.count("data-sweep=") == 30
+
+
+def test_link_figures_makes_the_page_refer_to_the_figure_files(tmp_path, capsys):
+    make_run(tmp_path / "res", "run")
+    make_sweep(tmp_path / "res", "sweep-a")
+    code, _, err = cli(["report", tmp_path / "res", "--out", tmp_path / "rep", "--link-figures"], capsys)
+    assert code == 0, err
+    page = (tmp_path / "rep" / "index.html").read_text()
+    srcs = re.findall(r'<img class="fig" alt="[^"]*" src="([^"]*)"', page)
+    assert len(srcs) == 2 and "data:image" not in page
+    assert all(s.startswith("figures/") and s.endswith(".png") and (tmp_path / "rep" / s).is_file() for s in srcs)
+    inline = write_report([tmp_path / "res"], tmp_path / "rep2")
+    assert (json.loads(json.dumps(inline, default=str))
+            == json.loads((tmp_path / "rep" / "leaderboard.json").read_text()))  # only the page differs
+    assert len((tmp_path / "rep2" / "index.html").read_text()) > len(page)
 
 
 def test_report_sweep_bad_input(tmp_path, capsys):
@@ -567,6 +585,24 @@ def test_health_flags_and_their_exclusion_from_rankings(tmp_path, capsys):
     (g,) = board["groups"]
     assert board["health"]["broken_kl"] == 3.0
     assert next(b for b in g["best"]["by_class"] if b["method_class"] == "activation-steering")["mean"] == 80.0
+
+
+def test_non_finite_cases_make_a_row_broken(tmp_path, capsys):
+    """NaN/inf per-case values are left out of the means; the row must not look healthy on the rest."""
+    nan_kl = {"mean": None, "std": None, "n": 0, "ci95": [None, None], "non_finite": 4}
+    make_run(tmp_path / "runs", "base", method="unedited", points={1.0: {**CF, "neutral_kl": 0.0, "fluency": 5.0}})
+    make_run(tmp_path / "runs", "all-nan", method="steering", points={1.0: {**CF, "neutral_kl": nan_kl, "fluency": 5.0}})
+    make_run(tmp_path / "runs", "some-nan", method="ft", points={
+        1.0: {**CF, "neutral_kl": 0.1, "fluency": 5.0,
+              "efficacy": {"mean": 90.0, "std": 1.0, "n": 3, "ci95": [80.0, 100.0], "non_finite": 1}}})
+    code, _, err = cli(["report", tmp_path / "runs", "--out", tmp_path / "rep"], capsys)
+    assert code == 0, err
+    board = json.loads((tmp_path / "rep" / "leaderboard.json").read_text())
+    by_dir = {Path(board["runs"][r["run"]]["run_dir"]).name: r["health"] for r in board["groups"][0]["rows"]}
+    assert by_dir["all-nan"]["status"] == "broken" and by_dir["some-nan"]["status"] == "broken"
+    assert by_dir["all-nan"]["reasons"][0] == "non-finite values (NaN/inf) in neutral_kl (4 cases), left out of those means"
+    assert "efficacy (1 case)" in by_dir["some-nan"]["reasons"][0]
+    assert board["groups"][0]["best"]["by_class"] == []
 
 
 @pytest.mark.parametrize("option,value", [("--broken-kl", "nan"), ("--broken-kl", "-1"), ("--broken-kl", "inf"),

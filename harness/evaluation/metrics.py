@@ -82,7 +82,8 @@ _WORD = re.compile(r"\w+|[^\w\s]")
 
 def ngram_entropy(text: str, ns: Sequence[int] = (2, 3), weights: Sequence[float] = (2 / 3, 4 / 3)) -> float:
     """ROME fluency: weighted mean of n-gram entropies (bits) of one text, ``mean(2/3*H2, 4/3*H3)``.
-    Words are split with a simple regex (ROME uses NLTK's word tokenizer)."""
+    Words are the lowercased text split with a simple regex (ROME uses NLTK's word tokenizer and
+    keeps case); kept as is because the committed reference runs were measured this way."""
     words = _WORD.findall(text.lower())
     ents = []
     for n in ns:

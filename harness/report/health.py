@@ -12,6 +12,9 @@ numbers, else the group's unedited row):
 * ``broken`` when ``neutral_kl`` (mean next-token KL from the unedited model over neutral text,
   nats) exceeds the unedited row's by more than ``broken_kl``, or ``fluency`` (n-gram entropy,
   bits) is more than ``broken_fluency_drop`` below the unedited row's;
+* ``broken`` also when any metric of the row reports non-finite per-case values (``non_finite`` in
+  its aggregate: NaN/inf logits or probabilities); those cases are left out of the means, so the
+  means alone would judge the row on its surviving cases;
 * ``degenerate`` when ``efficacy_magnitude`` is within ±:data:`DEGENERATE_EM_BAND` points of 0
   while ``efficacy`` >= :data:`DEGENERATE_MIN_EFFICACY` and ``ee_rewrite_acc`` is 0: the new target
   "wins" only because both targets' probabilities collapsed (Steer2Edit's neuron edits on Gemma 3);
@@ -131,10 +134,27 @@ def reference_health() -> dict:
     return {"status": "reference", "reasons": [], "not_measured": []}
 
 
-def assess(metrics: Mapping[str, Any], ref: Mapping[str, Any], th: HealthThresholds) -> dict:
-    """Health of one row (aggregates by metric) against the unedited row's aggregates ``ref``."""
+def non_finite_counts(aggs: Mapping[str, Any]) -> dict[str, int]:
+    """``{metric: cases}`` for the raw aggregates that report non-finite per-case values."""
+    out = {}
+    for m, a in (aggs or {}).items():
+        k = a.get("non_finite") if isinstance(a, dict) else None
+        if isinstance(k, int) and not isinstance(k, bool) and k > 0:
+            out[m] = k
+    return out
+
+
+def assess(metrics: Mapping[str, Any], ref: Mapping[str, Any], th: HealthThresholds,
+           non_finite: Mapping[str, int] | None = None) -> dict:
+    """Health of one row (aggregates by metric) against the unedited row's aggregates ``ref``;
+    ``non_finite``: :func:`non_finite_counts` of the row's raw aggregates."""
     reasons: list[str] = []
     broken = degenerate = False
+    if non_finite:
+        broken = True
+        reasons.append("non-finite values (NaN/inf) in " + ", ".join(
+            f"{m} ({k} case{'s' if k != 1 else ''})" for m, k in sorted(non_finite.items()))
+            + ", left out of those means")
     measured, not_measured = [], []
     kl = _mean(metrics, "neutral_kl")
     if kl is None:

@@ -7,13 +7,12 @@ templates; nothing is ever marked safe): a value can only ever be text or an att
 never markup. Python prepares plain strings and numbers (a "view" of the board); the
 templates in ``templates/`` hold all markup. The page stays self-contained: the stylesheet and
 script in ``static/`` are included verbatim (as template source, not as data) and the figures are
-inline base64 PNGs. Templates and static files are read with :mod:`importlib.resources`, so an
+inline base64 PNGs (or, at the caller's choice, relative links to the figure files). Templates and static files are read with :mod:`importlib.resources`, so an
 installed wheel renders the same page as a checkout.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 from importlib import resources
@@ -66,7 +65,6 @@ def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=_PackageLoader(), autoescape=True, undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)
     env.filters.update({
-        "b64": lambda data: base64.b64encode(data).decode("ascii"),
         "spans": _spans,
         "json_sorted": lambda v: json.dumps(v, sort_keys=True, default=str),
     })
@@ -204,11 +202,12 @@ def _provenance(board: dict) -> list[dict]:
     return out
 
 
-def render_html(board: dict, figures: dict[int, list[tuple[str, bytes]]], drill: dict[str, dict],
-                sweep_figures: dict[str, bytes] | None = None) -> str:
-    """A single self-contained page: sortable tables, inline figures, drill-down, provenance.
-    ``figures``: per group index (title, PNG) pairs; ``drill``: board["worst_cases"];
-    ``sweep_figures``: a PNG per sweep id."""
+def render_html(board: dict, figures: dict[int, list[tuple[str, str]]], drill: dict[str, dict],
+                sweep_figures: dict[str, str] | None = None) -> str:
+    """A single page: sortable tables, figures, drill-down, provenance.
+    ``figures``: per group index (title, image src) pairs; ``drill``: board["worst_cases"];
+    ``sweep_figures``: an image src per sweep id. A src is a ``data:`` URI (self-contained page) or a
+    relative path; it is escaped as any other attribute value."""
     runs = board["runs"]
     groups = [{"title": g["title"], "protocol": g["protocol"], "notes": g["notes"], "best": _best(g.get("best")),
                "headline": _run_table(g, g["headline"], runs),

@@ -21,7 +21,8 @@ from editbench.evaluation import metric_registry
 from editbench.evaluation.tradeoff import DEFAULT_BASELINE, matched_entry_text, varying_params
 from editbench.evaluation.validity import validity_note
 from editbench.report.health import (UNKNOWN_CLASS, HealthThresholds, assess, best_per_class, class_legend,
-                                     class_rank, health_detail, is_flagged, reference_health, resolve_class)
+                                     class_rank, health_detail, is_flagged, non_finite_counts, reference_health,
+                                     resolve_class)
 from editbench.report.model import (MISSING, REFERENCE_METHOD, Run, Sweep, as_number,
                                     code_version_label, direction_overrides, is_reference, items_file,
                                     newer_than_summary, normalize_agg, protocol_diff, protocol_of, read_cases,
@@ -143,7 +144,8 @@ def build_group(g: Group, defaults_cache: dict[str, dict | None], classes_cache:
                          "n": r.n_cases,
                          "code": r.code_version,
                          "metrics": {m: normalize_agg(r.post(s).get(m)) for m in metrics},
-                         "health": reference_health() if ref else assess(_valid_aggs(r.post(s)), base, thresholds)})
+                         "health": reference_health() if ref else assess(_valid_aggs(r.post(s)), base, thresholds,
+                                                                        non_finite_counts(r.post(s)))})
     notes = list(g.notes)
     flagged = [row for row in rows if is_flagged(row)]
     for row in flagged:
@@ -157,8 +159,9 @@ def build_group(g: Group, defaults_cache: dict[str, dict | None], classes_cache:
         lacking = sorted({row["run"] + (" (pre-edit)" if row["kind"] == "pre" else "")
                           for row in rows if row["metrics"][m] is None})
         if lacking:
-            why = " (needs --generation)" if m == "fluency" else (" (defined only after an edit)"
-                                                                  if m == "ee_locality" else "")
+            why = {"fluency_long": " (needs --generation)", "ee_locality": " (defined only after an edit)",
+                   "fluency": " (a summary from before the health metrics, or health off)",
+                   "neutral_kl": " (a summary from before the health metrics, or health off)"}.get(m, "")
             notes.append(f"{MISSING} in column `{m}`: not reported by {', '.join(lacking)}{why}.")
     ns = sorted({r.n_cases for r in g.runs if r.n_cases is not None})
     if len(ns) > 1:
@@ -231,7 +234,7 @@ def build_sweep(sw: Sweep, classes_cache: dict[str, str | None] | None = None,
                  "seconds": q.get("seconds"), "metrics": {m: normalize_agg(q.get(m)) for m in metrics},
                  "health": reference_health() if is_reference(q["method"]) else
                  sweep_validity(q, assess(_valid_aggs({m: v for m, v in q.items() if isinstance(v, dict)}), base,
-                                          thresholds))}
+                                          thresholds, non_finite_counts(q)))}
                 for q in ps]
         for r in rows:
             if is_flagged(r):

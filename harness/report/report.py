@@ -4,12 +4,14 @@ figure files) from run and sweep directories.
 This module only wires the pieces together and registers the subcommand: :mod:`.model` loads the
 directories, :mod:`.leaderboard` builds what leaderboard.json holds, :mod:`.plotting` draws the
 figures and :mod:`.markdown` / :mod:`.html` render the model. The HTML is self-contained (inline
-CSS/JS, figures as base64 PNG), so it can be archived or opened offline.
+CSS/JS, figures as base64 PNG), so it can be archived or opened offline; ``--link-figures`` trades
+that for a smaller page that loads the figure files next to it (for a report kept with its folder).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import re
 from pathlib import Path
@@ -42,9 +44,11 @@ def _prune_figures(folder: Path, written: set[str]) -> None:
 
 
 def write_report(inputs: Sequence[str | Path], out_dir: str | Path, worst: int = 5, figures: bool = True,
-                 broken_kl: float | str = 1.0, broken_fluency_drop: float | str = 1.0) -> dict:
+                 broken_kl: float | str = 1.0, broken_fluency_drop: float | str = 1.0,
+                 link_figures: bool = False) -> dict:
     """Build the leaderboard from run and sweep directories and write md/json/html (+ figure files).
-    ``broken_kl`` / ``broken_fluency_drop``: the health thresholds (see :mod:`.health`)."""
+    ``broken_kl`` / ``broken_fluency_drop``: the health thresholds (see :mod:`.health`);
+    ``link_figures``: index.html refers to the figure files by relative path instead of inlining them."""
     if worst < 0:
         raise EditbenchError(f"--worst must be >= 0, got {worst}")
     thresholds = HealthThresholds.parse(broken_kl, broken_fluency_drop)
@@ -55,7 +59,10 @@ def write_report(inputs: Sequence[str | Path], out_dir: str | Path, worst: int =
         raise EditbenchError(f"--out {out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     by_id = {r.rid: r for r in runs}
-    figs_png: dict[int, list[tuple[str, bytes]]] = {}
+    def src(png: bytes, rel: str) -> str:
+        return rel if link_figures else "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+    figs_src: dict[int, list[tuple[str, str]]] = {}
     figs_md: dict[int, list[tuple[str, str]]] = {}
     if figures:
         (out / "figures").mkdir(exist_ok=True)
@@ -67,10 +74,10 @@ def write_report(inputs: Sequence[str | Path], out_dir: str | Path, worst: int =
             name = f"figures/tradeoff-{gi}-{_slug(g['title'])}"
             (out / f"{name}.png").write_bytes(png)
             (out / f"{name}.svg").write_text(svg, encoding="utf-8")
-            figs_png.setdefault(gi, []).append((title, png))
+            figs_src.setdefault(gi, []).append((title, src(png, f"{name}.png")))
             figs_md.setdefault(gi, []).append((title, f"{name}.png"))
             g.setdefault("figures", []).append(f"{name}.png")
-    sweep_png, sweep_md = {}, {}
+    sweep_src, sweep_md = {}, {}
     if figures:
         by_sid = {sw.rid: sw for sw in sweeps}
         for g in board["sweep_groups"]:
@@ -79,8 +86,8 @@ def write_report(inputs: Sequence[str | Path], out_dir: str | Path, worst: int =
                 name = sweep_figure(by_sid[sb["id"]], out / "figures" / f"sweep-{sb['id']}-{_slug(g['title'])}",
                                     exclude=exclude)
                 if name is not None:
-                    sweep_png[sb["id"]] = name.read_bytes()
                     sweep_md[sb["id"]] = sb["figure"] = f"figures/{name.name}"
+                    sweep_src[sb["id"]] = src(name.read_bytes(), sweep_md[sb["id"]])
     if figures:
         _prune_figures(out / "figures", {Path(rel).stem for rel in (*(r for fs in figs_md.values() for _, r in fs),
                                                                     *sweep_md.values())})
@@ -92,13 +99,13 @@ def write_report(inputs: Sequence[str | Path], out_dir: str | Path, worst: int =
     board["worst_cases"] = drill
     (out / "leaderboard.json").write_text(json.dumps(board, indent=2, sort_keys=False, default=str), encoding="utf-8")
     (out / "leaderboard.md").write_text(render_markdown(board, figs_md, sweep_md), encoding="utf-8")
-    (out / "index.html").write_text(render_html(board, figs_png, drill, sweep_png), encoding="utf-8")
+    (out / "index.html").write_text(render_html(board, figs_src, drill, sweep_src), encoding="utf-8")
     return board
 
 
 def _cmd_report(a: argparse.Namespace) -> int:
     board = write_report(a.results, a.out, worst=a.worst, figures=not a.no_figures, broken_kl=a.broken_kl,
-                         broken_fluency_drop=a.broken_fluency_drop)
+                         broken_fluency_drop=a.broken_fluency_drop, link_figures=a.link_figures)
     n_rows = sum(len(g["rows"]) for g in board["groups"])
     n_sweeps = sum(len(g["sweeps"]) for g in board["sweep_groups"])
     print(f"{len(board['runs'])} runs, {len(board['groups'])} table(s), {n_rows} rows, {n_sweeps} sweep(s) -> "
@@ -117,6 +124,9 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--worst", type=int, default=5,
                    help="worst cases per method and strength in the drill-down (0: none)")
     p.add_argument("--no-figures", action="store_true", help="skip the trade-off figures")
+    p.add_argument("--link-figures", action="store_true",
+                   help="index.html loads the figure files from figures/ instead of inlining them (a smaller "
+                        "page that must stay next to its figures folder)")
     p.add_argument("--broken-kl", default="1.0", metavar="NATS",
                    help="flag a row 'broken' when its neutral_kl exceeds the unedited model's by more than this "
                         "(default 1.0 nats)")
