@@ -102,6 +102,12 @@ def _valid_aggs(aggs: dict) -> dict:
     return {m: a for m, a in ((m, normalize_agg(a)) for m, a in (aggs or {}).items()) if a is not None}
 
 
+_NO_HEALTH = " (a summary from before the health metrics, or health off)"
+#: why a column can be empty, for the table notes
+_WHY_MISSING = {"fluency_long": " (needs --generation)", "ee_locality": " (defined only after an edit)",
+                "fluency": _NO_HEALTH, "neutral_kl": _NO_HEALTH}
+
+
 def build_group(g: Group, defaults_cache: dict[str, dict | None], classes_cache: dict[str, str | None] | None = None,
                 thresholds: HealthThresholds | None = None) -> dict:
     """Rows (one per run and strength, plus the unedited reference) and columns of one table; each
@@ -159,9 +165,7 @@ def build_group(g: Group, defaults_cache: dict[str, dict | None], classes_cache:
         lacking = sorted({row["run"] + (" (pre-edit)" if row["kind"] == "pre" else "")
                           for row in rows if row["metrics"][m] is None})
         if lacking:
-            why = {"fluency_long": " (needs --generation)", "ee_locality": " (defined only after an edit)",
-                   "fluency": " (a summary from before the health metrics, or health off)",
-                   "neutral_kl": " (a summary from before the health metrics, or health off)"}.get(m, "")
+            why = _WHY_MISSING.get(m, "")
             notes.append(f"{MISSING} in column `{m}`: not reported by {', '.join(lacking)}{why}.")
     ns = sorted({r.n_cases for r in g.runs if r.n_cases is not None})
     if len(ns) > 1:
