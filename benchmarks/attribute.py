@@ -39,9 +39,10 @@ def split_indices(n: int, fractions: Mapping[str, float], seed: int) -> dict[str
     return out
 
 
-def format_instruction(tokenizer, instruction: str) -> str:
+def format_instruction(tokenizer, instruction: str, response_header: str = "### Response:") -> str:
     """Prompt text for an instruction: the tokenizer's chat template when it has one (instruct
-    models), else a plain Alpaca-style frame (base models)."""
+    models), else a plain Alpaca-style frame (base models) whose response section opens with
+    ``response_header``."""
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template([{"role": "user", "content": instruction}], tokenize=False,
                                              add_generation_prompt=True)
@@ -50,7 +51,7 @@ def format_instruction(tokenizer, instruction: str) -> str:
         if bos and text.startswith(bos) and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]:
             text = text[len(bos):]
         return text
-    return f"### Instruction:\n{instruction}\n\n### Response:\n"
+    return f"### Instruction:\n{instruction}\n\n{response_header}\n"
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -76,6 +77,8 @@ class AttributeBenchmark(Benchmark):
     fractions: ClassVar[Mapping[str, float]] = {"probe": 0.4, "val": 0.2, "test": 0.4}
     #: further per-item rates in [0, 1] aggregated alongside the attribute (e.g. MC1, accuracy)
     extra_metrics: ClassVar[tuple[str, ...]] = ()
+    #: further per-item values aggregated as plain means (scale 1), e.g. a judge's mean score
+    extra_means: ClassVar[tuple[str, ...]] = ()
     #: local data files (name -> path under the data root)
     files: ClassVar[Mapping[str, str]] = {}
     #: where the benchmark option ``dataset: hub:OWNER/NAME`` replaces ``files``: the axis its parts
@@ -139,6 +142,9 @@ class AttributeBenchmark(Benchmark):
             raise ConfigError(f"benchmark '{self.name}' has no split '{split}' (probe, val, test)")
         pool = self.pool()
         idx = self.partition()[split]
+        if limit is not None and limit > len(idx):
+            raise ConfigError(f"benchmark '{self.name}': its {split} split has {len(idx)} items, fewer than the "
+                              f"{limit} asked (lower the limit)")
         return [dict(pool[i], item_id=i) for i in (idx if limit is None else idx[:limit])]
 
     def load(self, limit: int | None = None) -> Sequence:

@@ -43,8 +43,8 @@ def _run_plan(a: argparse.Namespace) -> list[tuple[dict, Any]]:
         for spec in parse_methods(d.get("methods")):
             for params in spec.configs():
                 varying = {k: params[k] for k in spec.grid}
-                out = Path(base_out) / spec.name / (safe_name(varying) if varying else "default")
-                plan.append((dict(method=spec.name, **varying),
+                out = Path(base_out) / spec.label / (safe_name(varying) if varying else "default")
+                plan.append((dict(method=spec.label, **varying),
                              RunConfig(**common, method=spec.name, method_params=params, strengths=spec.strengths,
                                        out=str(out))))
         return plan

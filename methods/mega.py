@@ -26,6 +26,16 @@ edits, changing no weights.
   :mod:`editbench.modeling.gating`, shared with ``steering-gated``;
 * ``gate=off`` (ablation/control; default ``gate=subject``): no scope gate, the region vectors are
   added at every prompt's last token (``positions=last+subject`` needs the gate and is refused);
+* behaviour edits (``fit_behaviour``, the attribute sweeps): no gate (there is no subject; the
+  ``gate`` settings are ignored and the points are labelled ``activation-steering``). The region is
+  picked by contrastive attribution on the probe pairs: NLKA ``Imp(A_l)`` of every attention block
+  for the probe responses' own tokens (:func:`~editbench.modeling.attribution.response_attention_importance`,
+  the first 16 response positions of each example), positive-probe mean minus negative-probe mean,
+  and the same window rule as the post-edit study (:func:`~editbench.modeling.attribution.select_region`:
+  ``n_layers/6`` contiguous layers at >= 40% depth with the largest gap); ``layers`` or
+  ``region_file`` override it. The vector of region layer ``l`` is the probes' mean attention-block
+  output difference (positives minus negatives, over the same window as ``steering``'s), added to
+  ``A_l`` at every position, scaled by strength;
 * gate similarity (``gate_norm=standardize``, default): keys and queries are standardised per
   dimension by the mean and std of the gate layer's states over fixed neutral sentences
   (``BACKGROUND``, every token but the first) before the cosine. Raw cosines are dominated by a few
@@ -50,8 +60,10 @@ from editbench.errors import ConfigError
 from editbench.modeling.gating import (BACKGROUND, TRAIN_PREFIXES, GatedIntervention, SubjectGate,  # noqa: F401
                                        check_gate_params, default_gate_layer, gate_similarity, prompt_batch,
                                        subject_last_token)
+from editbench.modeling.attribution import response_attention_importance, select_region
+from editbench.modeling.directions import ProbeExample, extract_directions
 from editbench.modeling.hooks import add_to_output, capture
-from editbench.modeling.interventions import SteeringVector
+from editbench.modeling.interventions import ActivationIntervention, SteeringVector
 from editbench.requests import EditRequest
 from editbench.modeling.scoring import Batch, ScoreRequest, encode_target, target_logprobs
 
@@ -88,9 +100,30 @@ class MegaIntervention(GatedIntervention):
     :class:`~editbench.modeling.gating.GatedIntervention`."""
 
 
+@dataclass
+class MegaBehaviour(ActivationIntervention):
+    """A behaviour edit: region vectors on the attention residual at every position (no gate), with
+    the attribution that picked the region (``gap``: positive-minus-negative ``Imp(A_l)`` per layer,
+    nats; empty when the region was given)."""
+
+    region: tuple[int, ...] = ()
+    gap: tuple[float, ...] = ()
+    region_source: str = "attribution"
+
+    def describe(self) -> dict:
+        return {**super().describe(), "region": list(self.region), "region_source": self.region_source,
+                "gap": [round(g, 6) for g in self.gap]}
+
+
+#: response positions per probe example that the behaviour attribution scores (two unembeddings per
+#: layer and position: the cost that bounds it)
+BEHAVIOUR_ATTRIBUTION_POSITIONS = 16
+
+
 class MEGA(Method):
     name = "mega"
     method_class = "gated"
+    supports = frozenset({"edit", "behaviour"})
     description = "MEGA [recon]: per-edit gated steering of the attention residual in an attribution region"
 
     @dataclass
@@ -154,6 +187,7 @@ class MEGA(Method):
             region = self._region_from_artifact(Path(p.region_file), n)
         else:
             region = default_region(n)
+        self.region_given = p.layers is not None or p.region_file is not None
         if not region or any(isinstance(l, bool) or not isinstance(l, int) or not 0 <= l < n for l in region):
             raise ConfigError(f"method 'mega': region {list(region)} invalid for a {n}-layer model")
         self.region = tuple(sorted(set(region)))
@@ -166,6 +200,9 @@ class MEGA(Method):
     @property
     def effective_class(self) -> str:
         return "gated" if self.gate is not None else "activation-steering"
+
+    def class_of(self, fitted) -> str:
+        return "activation-steering" if isinstance(fitted, MegaBehaviour) else self.effective_class
 
     @property
     def gate_center(self) -> torch.Tensor | None:
@@ -230,6 +267,21 @@ class MEGA(Method):
                 loss.backward()
                 opt.step()
         return (u * norms.unsqueeze(1)).detach()
+
+    def fit_behaviour(self, positives: Sequence[ProbeExample], negatives: Sequence[ProbeExample],
+                      window: str = "predict") -> MegaBehaviour:
+        """[recon] Ungated attention-residual steering in the region the probes' contrastive
+        attribution picks (see the module doc)."""
+        n = self.lm.adapter.n_layers
+        d = extract_directions(self.lm, positives, negatives, window=window)  # type: ignore[arg-type]
+        if self.region_given:
+            region, gap, source = self.region, (), "given"
+        else:
+            imp = response_attention_importance(self.lm, [*positives, *negatives], BEHAVIOUR_ATTRIBUTION_POSITIONS)
+            gaps = imp[:, : len(positives)].mean(1) - imp[:, len(positives):].mean(1)
+            region, gap, source = tuple(select_region(gaps.numpy(), n)), tuple(gaps.tolist()), "attribution"
+        vectors = [SteeringVector(l, "attn", d.directions[(l, "attn")].to(self.lm.dtype), "all") for l in region]
+        return MegaBehaviour(vectors, region=tuple(region), gap=gap, region_source=source)
 
     def fit_edit(self, request: EditRequest) -> MegaIntervention:
         deltas = self._optimize(request) if self.params.mode == "optimize" else self._contrast(request)

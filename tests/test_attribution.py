@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from editbench.modeling.attribution import block_importance, head_importance, neuron_importance
-from editbench.runs.attribution_study import run_study, select_region
+from editbench.modeling.attribution import block_importance, head_importance, neuron_importance, select_region
+from editbench.runs.attribution_study import run_study
 from editbench.cli import main
 from editbench.modeling.hooks import capture
 from editbench.modeling.scoring import encode_prompt, encode_target

@@ -286,3 +286,68 @@ def test_gate_off_is_labelled_activation_steering(cf_root, tmp_path):
                    f"gate={gate}", "--limit", "2", "--data-root", str(cf_root), "--out", str(out), "--quiet"])
         assert rc == 0
         assert json.loads((out / "summary.json").read_text())["method_class"] == cls
+
+
+# ---- behaviour edits (the attribute sweeps) ----------------------------------------------------
+def _probes(lm):
+    from editbench.modeling.directions import ProbeExample
+
+    pos = [ProbeExample("Tell me about the weather.", " It is a lovely, wonderful day."),
+           ProbeExample("How was the film?", " Great fun, I loved it.")]
+    neg = [ProbeExample("Tell me about the weather.", " It is an awful, miserable day."),
+           ProbeExample("How was the film?", " Dreadful, I hated it.")]
+    return pos, neg
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2", "tiny-gemma3"])
+def test_behaviour_attribution_at_one_position_is_nlka_at_the_last_prompt_token(name):
+    """With one scored position per example, the windowed attribution is Imp(A_l) of the first
+    response token at the last prompt position: block_importance's own definition."""
+    from editbench.modeling.attribution import block_importance, response_attention_importance
+    from editbench.modeling.directions import response_ids
+
+    lm = tiny(name)
+    pos, neg = _probes(lm)
+    got = response_attention_importance(lm, pos + neg, max_positions=1, batch_size=3)
+    first = [response_ids(lm.tokenizer, e)[0] for e in pos + neg]
+    want = block_importance(lm, [e.prompt for e in pos + neg], first)["attn"]
+    torch.testing.assert_close(got, want.cpu().float(), atol=1e-5, rtol=1e-4)
+    wide = response_attention_importance(lm, pos + neg, max_positions=4, batch_size=1)
+    torch.testing.assert_close(wide, response_attention_importance(lm, pos + neg, max_positions=4, batch_size=4),
+                               atol=1e-5, rtol=1e-4)  # batching and padding change nothing
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma3"])
+def test_fit_behaviour_steers_the_attribution_region_at_every_position(name):
+    from editbench.modeling.attribution import response_attention_importance, select_region
+    from editbench.modeling.directions import extract_directions
+    from editbench.modeling.scoring import generate
+
+    lm = tiny(name)
+    pos, neg = _probes(lm)
+    m = MEGA(lm, {})  # the gate settings do not apply to behaviour edits
+    iv = m.fit_behaviour(pos, neg)
+    imp = response_attention_importance(lm, pos + neg, 16)
+    region = select_region((imp[:, :2].mean(1) - imp[:, 2:].mean(1)).numpy(), lm.adapter.n_layers)
+    assert list(iv.region) == region and iv.region_source == "attribution"
+    assert iv.describe()["region"] == region and len(iv.describe()["gap"]) == lm.adapter.n_layers
+    d = extract_directions(lm, pos, neg)
+    assert [(v.layer, v.site, v.positions) for v in iv.vectors] == [(l, "attn", "all") for l in region]
+    for v in iv.vectors:
+        torch.testing.assert_close(v.vector, d.directions[(v.layer, "attn")])
+    assert m.class_of(iv) == "activation-steering" and m.effective_class == "gated"
+    prompts = ["Tell me a story.", "ab"]
+    base = generate(lm, prompts, max_new_tokens=4)
+    outer, bctx = iv.uniform(lm, 0.0)
+    with outer:
+        assert generate(lm, prompts, max_new_tokens=4, batch_context=bctx) == base  # strength 0 = unedited
+    given = MEGA(lm, {"layers": "2"}).fit_behaviour(pos, neg)
+    assert given.region == (2,) and given.region_source == "given" and given.gap == ()
+
+
+def test_mega_behaviour_conforms():
+    """`editbench check-method mega` runs the behaviour check with the default parameters."""
+    from editbench.plugins.conformance import assert_conforms
+
+    results = {r.name: r for r in assert_conforms("mega")}
+    assert not results["behaviour"].skipped, results["behaviour"].detail

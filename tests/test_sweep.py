@@ -285,7 +285,7 @@ def test_sweep_end_to_end_resume_and_figures(tmp_path, capsys):
 
 
 def test_sweep_rejects_edit_only_method_on_behaviour(tmp_path, capsys):
-    cfg = _sweep_yaml(tmp_path, "truthfulqa", [{"name": "mega"}])
+    cfg = _sweep_yaml(tmp_path, "truthfulqa", [{"name": "rome"}])
     assert main(["sweep", str(cfg), "--quiet"]) == 2
     assert "cannot be fitted to a behaviour" in capsys.readouterr().err
 
@@ -318,3 +318,78 @@ def test_real_smollm2_smoke_sweep(tmp_path):
     assert len(points) == 6 and all(0 <= p["attribute"]["mean"] <= 100 for p in points)
     items = [json.loads(l) for l in (tmp_path / "s" / "items.jsonl").read_text().splitlines()]
     assert all(r["response"] is not None for r in items if r["kind"] == "attribute")
+
+
+def _ci_pt(method, strength, split, attr, kl, params=None):
+    p = _pt(method, strength, split, attr, 50, params)
+    p["neutral_kl"] = {"mean": kl, "ci95": [kl, kl]}
+    return p
+
+
+def test_every_comparison_says_whether_the_protocol_can_decide_it():
+    from editbench.evaluation.tradeoff import decide
+
+    up = {"attribute_test": 60.0, "baseline_attribute_test": 40.0, "gain_test": 20.0,
+          "gain_test_ci": {"mean": 20.0, "ci95": [12.0, 28.0], "n": 200}}
+    assert decide(up, 1.0, 10, True) == {"decidable": True, "undecidable_reasons": [], "verdict": "method better"}
+    wide = dict(up, gain_test_ci={"mean": 20.0, "ci95": [-2.0, 42.0], "n": 30})
+    d = decide(wide, 1.0, 10, True)
+    assert not d["decidable"] and d["undecidable_reasons"] == ["CI half-width 22.0 > 10 (n = 30)"]
+    assert d["verdict"] == "no detectable difference"
+    floor = dict(up, attribute_test=3.1, baseline_attribute_test=0.0, gain_test=3.1,
+                 gain_test_ci={"mean": 3.1, "ci95": [-1.0, 7.0], "n": 200})
+    assert decide(floor, 1.0, 10, True)["undecidable_reasons"][0].startswith("floor: method 3.1 and baseline 0.0")
+    ceiling = dict(floor, attribute_test=97.0, baseline_attribute_test=99.0)
+    assert decide(ceiling, 1.0, 10, True)["undecidable_reasons"][0].startswith("ceiling")
+    assert decide(ceiling, 1.0, 10, False)["decidable"]  # a count (tokens) has no floor rule
+    # lower-is-better: a negative gain whose CI is below 0 is the method's improvement
+    down = dict(up, gain_test=-20.0, gain_test_ci={"mean": -20.0, "ci95": [-28.0, -12.0], "n": 200})
+    assert decide(down, -1.0, 10, False)["verdict"] == "method better"
+    assert decide(down, 1.0, 10, True)["verdict"] == "baseline better"
+    for entry, reason in (({"note": "no valid point on val"}, "no valid point on val"),
+                          ({"test_invalid": ["neutral_kl 2 > 0.5 nats"]}, "the operating point is invalid on test"),
+                          ({"not_decidable": "not decidable: 40% censored"}, "40% censored"),
+                          ({"attribute_test": 50.0}, "no test comparison")):
+        d = decide(entry, 1.0, 10, True)
+        assert not d["decidable"] and d["undecidable_reasons"][0].startswith(reason) and d["verdict"] is None
+
+
+def test_analysis_records_decidability_per_method_and_labels_compare_separately():
+    pts = []
+    for split in ("val", "test"):
+        pts += [_ci_pt("unedited", 0, split, 20, 0.0), _ci_pt("steering", 1, split, 30, 0.2),
+                _ci_pt("steering", 2, split, 50, 0.4), _ci_pt("s2e-heads", 1, split, 45, 0.2),
+                _ci_pt("s2e-neurons", 1, split, 25, 0.2)]
+    a = analyze(pts, {"attribute": "sentiment_rate", "higher_is_better": True, "scale": 100.0},
+                target_halfwidth=10)
+    mu = a["matched_utility"]
+    assert set(mu) == {"s2e-heads", "s2e-neurons"} and a["max_halfwidth"] == 10
+    assert mu["s2e-heads"]["gain_test"] == pytest.approx(15) and mu["s2e-neurons"]["gain_test"] == pytest.approx(-5)
+    assert all(e["decidable"] is False and e["undecidable_reasons"] == ["no paired CI"] for e in mu.values())
+
+
+def test_sweep_labels_and_per_split_limits(tmp_path):
+    from editbench.runs.sweep import run_sweep
+
+    cfg = SweepConfig.from_dict({
+        "model": "tiny-llama", "benchmark": "sentiment", "out": str(tmp_path / "sw"),
+        "benchmark_options": {"max_new_tokens": 3}, "limit": {"val": 2, "test": 3}, "probe_limit": 8,
+        "utility": {"tasks": ["arc_easy"], "limit": 2, "wikitext_windows": 1, "window": 16, "neutral": 0},
+        "methods": [{"name": "steering", "strengths": [1]},
+                    {"name": "steer2edit", "label": "s2e-heads", "params": {"rho_mlp": -1}, "strengths": [1]},
+                    {"name": "steer2edit", "label": "s2e-neurons", "params": {"rho_attn": -1}, "strengths": [1]}]})
+    summary = run_sweep(cfg, progress=False)
+    pts = [json.loads(l) for l in (tmp_path / "sw" / "points.jsonl").read_text().splitlines()]
+    heads = [p for p in pts if p["method"] == "s2e-heads"]
+    assert {p["plugin"] for p in heads} == {"steer2edit"} and heads[0]["fit"]["edited_neurons"] == 0
+    assert [p for p in pts if p["method"] == "s2e-neurons"][0]["fit"]["edited_heads"] == 0
+    assert {p["split"]: p["attribute"]["n"] for p in pts if p["method"] == "unedited"} == {"val": 2, "test": 3}
+    assert set(summary["analysis"]["matched_utility"]) == {"s2e-heads", "s2e-neurons"}
+    assert all("decidable" in e for e in summary["analysis"]["matched_utility"].values())
+    labels = [m.get("label") for m in summary["config"]["methods"]]
+    assert labels == [None, "s2e-heads", "s2e-neurons"]
+    with pytest.raises(ConfigError, match="label 's2e' is given to two methods"):
+        SweepConfig.from_dict({"benchmark": "sentiment", "out": "x", "methods": [
+            {"name": "steer2edit", "label": "s2e"}, {"name": "mega", "label": "s2e"}]})
+    with pytest.raises(ConfigError, match="label must be"):
+        SweepConfig.from_dict({"benchmark": "sentiment", "out": "x", "methods": [{"name": "mega", "label": "../x"}]})

@@ -106,3 +106,76 @@ def reference_label(answer: str, correct: Sequence[str], incorrect: Sequence[str
     diff = max((token_f1(answer, c) for c in correct), default=0.0) - max(
         (token_f1(answer, i) for i in incorrect), default=0.0)
     return None if diff == 0 else diff > 0
+
+
+# ---- graded text attributes: a score per response (sentiment, language) ------------------------
+class TextScorer(Protocol):
+    """Maps responses to scores in ``[low, high]``; an attribute benchmark turns them into a rate
+    (the share of responses on the wanted side of a threshold) and a mean."""
+
+    name: ClassVar[str]
+    low: ClassVar[float]
+    high: ClassVar[float]
+
+    def score(self, texts: Sequence[str]) -> list[float]: ...
+
+
+def _text(t: object) -> str:
+    """A response as judged: a non-string (a malformed record) counts as the empty response."""
+    return t if isinstance(t, str) else ""
+
+
+class VaderScorer:
+    """VADER's compound polarity in [-1, 1] (Hutto & Gilbert 2014; the ``vaderSentiment``
+    package, whose lexicon ships inside it: no download). An empty or whitespace-only response
+    scores 0.0, neutral (VADER itself gives 0.0 there, and the rule is ours to keep if it changes)."""
+
+    name, low, high = "vader", -1.0, 1.0
+
+    def __init__(self) -> None:
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+        self._analyzer = SentimentIntensityAnalyzer()
+
+    def score(self, texts: Sequence[str]) -> list[float]:
+        return [float(self._analyzer.polarity_scores(t)["compound"]) if t.strip() else 0.0 for t in map(_text, texts)]
+
+
+#: the candidate languages of the ``lingua`` scorer (ISO 639-1) [ours]: English plus the five
+#: largest Romance/Germanic neighbours, so that a response is called French only against its
+#: likeliest confusions rather than against English alone
+LINGUA_CANDIDATES: tuple[str, ...] = ("en", "fr", "de", "es", "it", "pt")
+
+
+class LinguaScorer:
+    """Lingua's confidence in [0, 1] that a response is written in ``target`` (ISO 639-1), among
+    :data:`LINGUA_CANDIDATES` (the ``lingua-language-detector`` package; its language models ship
+    inside it). An empty response, or one with no letters (e.g. ``"1. 1. 1."``), scores 0.0."""
+
+    name, low, high = "lingua", 0.0, 1.0
+
+    def __init__(self, target: str = "fr", candidates: Sequence[str] = LINGUA_CANDIDATES) -> None:
+        from lingua import IsoCode639_1, Language, LanguageDetectorBuilder
+
+        codes = []
+        for c in dict.fromkeys(str(c).lower() for c in (target, *candidates)):
+            try:
+                codes.append(IsoCode639_1.from_str(c))
+            except ValueError:
+                raise ConfigError(f"lingua judge: unknown ISO 639-1 language code {c!r}") from None
+        self.target = Language.from_iso_code_639_1(codes[0])
+        self._detector = LanguageDetectorBuilder.from_iso_codes_639_1(*codes).build()
+
+    def score(self, texts: Sequence[str]) -> list[float]:
+        return [float(self._detector.compute_language_confidence(t, self.target)) if t.strip() else 0.0
+                for t in map(_text, texts)]
+
+
+SCORERS = {"vader": VaderScorer, "lingua": LinguaScorer}
+
+
+def load_scorer(name: str, **options) -> TextScorer:
+    """A built-in text scorer by name (one-line error for an unknown one)."""
+    if name not in SCORERS:
+        raise ConfigError(f"unknown judge '{name}' (available: {', '.join(SCORERS)})")
+    return SCORERS[name](**options)

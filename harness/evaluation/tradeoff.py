@@ -23,6 +23,14 @@ enter fronts, hypervolumes and selections; invalid ones are counted per method a
   Such val points are not selected either.
 * Hypervolume: area dominated by a method's points plus the original model, above the reference
   point (lowest x, worst attribute over all valid points of that split).
+* Decidability [ours]: every method-vs-baseline comparison records whether the protocol can decide
+  it on test (``decidable``, with ``undecidable_reasons`` when not): no test gain (no valid point,
+  invalid on test, more useful than every baseline point), censoring (above), floor or ceiling (a
+  rate attribute whose method and baseline values both lie within :data:`FLOOR_MARGIN` points of 0,
+  or of 100: nothing moved off the end of the scale), or a paired CI half-width above
+  ``max_halfwidth`` (the sweep's ``target_halfwidth``, default 10 points): too few items to tell a
+  gain of that size from none. ``verdict`` reads the CI whatever the decidability: the method is
+  better, the baseline is better, or no detectable difference.
 """
 
 from __future__ import annotations
@@ -43,6 +51,9 @@ AXES = ("kl", "utility")
 DEFAULT_MAX_CENSORED_SHARE = 0.2
 #: a sweep's default ``target_halfwidth`` (attribute units; points for a x100 proportion)
 DEFAULT_TARGET_HALFWIDTH = 10.0
+#: a rate comparison whose two values both lie this close (points) to 0 or to 100 sits at the floor /
+#: ceiling of the scale: "not decidable" [ours]
+FLOOR_MARGIN = 5.0
 #: item values of a split's points: {(point key, split): {item id: value}}
 Items = Mapping[tuple[str, str], Mapping[Any, float]]
 
@@ -199,7 +210,45 @@ def analyze(points: Sequence[Point], track: dict, baseline: str = DEFAULT_BASELI
         }
     out["matched_utility"] = _matched(usable, sign, baseline, vary, axis, items or {}, max_censored_share,
                                       float(track.get("scale", 100.0)))
+    out["max_halfwidth"] = target_halfwidth
+    rate = float(track.get("scale", 100.0)) == 100.0
+    for entry in out["matched_utility"].values():
+        if isinstance(entry, dict):
+            entry.update(decide(entry, sign, target_halfwidth, rate))
     return out
+
+
+def decide(entry: Mapping[str, Any], sign: float, max_halfwidth: float, rate: bool) -> dict:
+    """``{"decidable", "undecidable_reasons", "verdict"}`` of one matched-gain entry (its test
+    comparison): see the module doc. ``verdict`` is None where there is no test gain or CI."""
+    reasons: list[str] = []
+    gain, ci = _number(entry.get("gain_test")), entry.get("gain_test_ci")
+    if "note" in entry:
+        reasons.append(str(entry["note"]))
+    elif entry.get("test_invalid"):
+        reasons.append("the operating point is invalid on test")
+    elif entry.get("not_decidable"):
+        reasons.append(str(entry["not_decidable"]).removeprefix("not decidable: "))
+    elif gain is None:
+        reasons.append("no test comparison (the point is more useful than every baseline point)")
+    bounds = ci.get("ci95") if isinstance(ci, dict) else None
+    lo, hi = (_number(b) for b in bounds) if isinstance(bounds, list) and len(bounds) == 2 else (None, None)
+    if not reasons:
+        a, b = _number(entry.get("attribute_test")), _number(entry.get("baseline_attribute_test"))
+        if rate and a is not None and b is not None:
+            if max(a, b) <= FLOOR_MARGIN:
+                reasons.append(f"floor: method {a:.1f} and baseline {b:.1f} both within {FLOOR_MARGIN:g} points of 0")
+            elif min(a, b) >= 100 - FLOOR_MARGIN:
+                reasons.append(f"ceiling: method {a:.1f} and baseline {b:.1f} both within {FLOOR_MARGIN:g} points of 100")
+        if lo is None or hi is None:
+            reasons.append("no paired CI")
+        elif (hi - lo) / 2 > max_halfwidth:
+            reasons.append(f"CI half-width {(hi - lo) / 2:.1f} > {max_halfwidth:g} (n = {ci.get('n')})")
+    verdict = None
+    if lo is not None and hi is not None and gain is not None:
+        better, worse = (lo > 0, hi < 0) if sign > 0 else (hi < 0, lo > 0)
+        verdict = "method better" if better else "baseline better" if worse else "no detectable difference"
+    return {"decidable": not reasons, "undecidable_reasons": reasons, "verdict": verdict}
 
 
 def _axis_name(axis: str) -> str:
@@ -357,7 +406,16 @@ def matched_entry_text(e: Mapping[str, Any], axis: str = "utility", baseline: st
     where = (f"{baseline}'s least useful front point, which is more useful than the method point at {at}"
              if e.get("below_front_test") is True else at)
     return head + (f"gain on test {gt:+.1f}{gain_ci_text(e.get('gain_test_ci'))} (attribute {a:.1f} vs {baseline} "
-                   f"{b:.1f} at {where})")
+                   f"{b:.1f} at {where})") + decision_text(e)
+
+
+def decision_text(e: Mapping[str, Any]) -> str:
+    """"; decidable" / "; not decidable (reasons)" of an entry that records it (else nothing)."""
+    if not isinstance(e.get("decidable"), bool):
+        return ""
+    if e["decidable"]:
+        return "; decidable"
+    return "; not decidable (" + "; ".join(map(str, e.get("undecidable_reasons") or [])) + ")"
 
 
 def format_analysis(summary: dict, points: Sequence[Point]) -> str:

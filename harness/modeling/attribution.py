@@ -142,3 +142,67 @@ def neuron_importance(lm: LoadedModel, prompts: Sequence[str], tokens: Sequence[
         contrib = tr.m[layer][:, cols].T.unsqueeze(-1) * W[:, cols].T.unsqueeze(1)  # [c, B, d]
         res.append((_logp(lm, r.unsqueeze(0) + contrib * scale, w) - base).cpu())
     return torch.cat(res)
+
+
+@torch.no_grad()
+def response_attention_importance(lm: LoadedModel, examples: Sequence, max_positions: int = 16,
+                                  batch_size: int = 8) -> torch.Tensor:
+    """``Imp(A_l)`` of each layer's attention block for the tokens of a probe response, ``[L, n]``
+    (nats): at each position that predicts a response token (the "predict" window of
+    :mod:`editbench.modeling.directions`, its first ``max_positions`` positions), ``log p(next |
+    h_{l-1} + A_l) - log p(next | h_{l-1})``, averaged over the positions of each example.
+    ``examples`` are :class:`~editbench.modeling.directions.ProbeExample`; teacher-forced, right
+    padded, batched. Costs two unembeddings per layer and position, hence the position cap."""
+    from editbench.modeling.directions import response_ids, window_bounds
+
+    ad, tok, dev = lm.adapter, lm.tokenizer, lm.device
+    seqs, spans = [], []
+    for e in examples:
+        p, r = encode_prompt(tok, e.prompt), response_ids(tok, e)
+        start, end = window_bounds(len(p), len(r), "predict")
+        end = min(end, start + max_positions)
+        seqs.append(p + r[: end - start])  # positions start..end-1 predict tokens start+1..end
+        spans.append((start, end))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    out = torch.zeros(ad.n_layers, len(examples))
+    L = range(ad.n_layers)
+    for s in range(0, len(examples), batch_size):
+        idx = list(range(s, min(s + batch_size, len(examples))))
+        T = max(len(seqs[i]) for i in idx)
+        ids = torch.full((len(idx), T), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, i in enumerate(idx):
+            ids[row, : len(seqs[i])] = torch.tensor(seqs[i])
+            mask[row, : len(seqs[i])] = 1
+        with ExitStack() as st:
+            c_in = st.enter_context(capture({l: ad.layers[l] for l in L}, what="input"))
+            c_out = st.enter_context(capture({l: ad.block_output_module(l, "attn") for l in L}))
+            ad.base(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False)
+        rows = torch.cat([torch.full((spans[i][1] - spans[i][0],), row) for row, i in enumerate(idx)]).to(dev)
+        pos = torch.cat([torch.arange(*spans[i]) for i in idx]).to(dev)
+        nxt = ids.to(dev)[rows, pos + 1]
+        owner = torch.cat([torch.full((spans[i][1] - spans[i][0],), k) for k, i in enumerate(idx)])
+        counts = torch.bincount(owner, minlength=len(idx)).clamp_min(1).float()
+        for l in L:
+            h = c_in.last(l)[rows, pos]
+            imp = (_logp(lm, h + c_out.last(l)[rows, pos], nxt) - _logp(lm, h, nxt)).float().cpu()
+            out[l, idx] = torch.zeros(len(idx)).index_add_(0, owner, imp) / counts
+    return out
+
+
+def select_region(gap, n_layers: int, width: int | None = None, start_frac: float = 0.4) -> list[int]:
+    """The contiguous window of ``width`` layers (default ``max(2, round(n_layers / 6))``) at or after
+    ``start_frac`` depth (mid-to-late) with the largest summed ``gap`` (NaN counts as 0): MEGA's
+    region rule, for the post-edit study's success-minus-failure gap and for the behaviour probes'
+    positive-minus-negative gap alike."""
+    import numpy as np
+
+    gap = np.asarray(gap, dtype=np.float64)
+    width = min(width or max(2, round(n_layers / 6)), n_layers)
+    lo = min(int(np.floor(start_frac * n_layers)), n_layers - width)
+    best, best_start = -np.inf, lo
+    for s in range(lo, n_layers - width + 1):
+        v = float(np.nansum(gap[s:s + width]))
+        if v > best:
+            best, best_start = v, s
+    return list(range(best_start, min(best_start + width, n_layers)))

@@ -73,6 +73,11 @@ class Method:
         activation steering)."""
         return type(self).method_class
 
+    def class_of(self, fitted: Intervention) -> str:
+        """The class of one fitted edit (what a sweep point is labelled): ``effective_class`` unless
+        the kind of fit changes it (MEGA's behaviour edits have no subject gate)."""
+        return self.effective_class
+
     @classmethod
     def default_params(cls) -> dict[str, Any]:
         """The default hyperparameters as plain JSON values."""

@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from editbench.plugins import registry
-from editbench.modeling.attribution import block_importance
+from editbench.modeling.attribution import block_importance, select_region
 from editbench.errors import ConfigError
 from editbench.report.figures import save_figure
 from editbench.modeling.loading import LoadedModel
@@ -58,19 +58,6 @@ def layer_table(records: Sequence[dict], n_layers: int) -> dict:
                 rows = [r[panel][b] for r in records if r["success"] == flag]
                 out[(panel, b, outcome)] = np.mean(rows, axis=0) if rows else np.full(n_layers, np.nan)
     return out
-
-
-def select_region(gap: np.ndarray, n_layers: int, width: int | None = None, start_frac: float = 0.4) -> list[int]:
-    """The contiguous window of ``width`` layers at or after ``start_frac`` depth (mid-to-late) with
-    the largest summed success-minus-failure gap of attention's promotion of o*."""
-    width = width or max(2, round(n_layers / 6))
-    lo = int(np.floor(start_frac * n_layers))
-    best, best_start = -np.inf, lo
-    for s in range(lo, n_layers - width + 1):
-        v = float(np.nansum(gap[s:s + width]))
-        if v > best:
-            best, best_start = v, s
-    return list(range(best_start, min(best_start + width, n_layers)))
 
 
 def draw(table: dict, n_layers: int, path: Path) -> None:

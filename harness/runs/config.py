@@ -107,6 +107,13 @@ def params_tag(resolved_params: Mapping[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------
 # Shared configuration fields and method specs
 # ---------------------------------------------------------------------------------------------
+def check_limit_value(limit: Any, key: str = "limit") -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+        raise ConfigError(f"'{key}' must be an integer, got {limit!r}")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"{key} must be >= 1, got {limit}")
+
+
 @dataclass
 class CommonConfig:
     """Fields every evaluation shares (declared here once)."""
@@ -119,17 +126,17 @@ class CommonConfig:
     data_root: str | None = None
     limit: int | None = None
 
+    def check_limit(self) -> None:
+        check_limit_value(self.limit)
+
     def validate_common(self) -> None:
         for key in ("seed", "batch_size"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ConfigError(f"'{key}' must be an integer, got {v!r}")
-        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int)):
-            raise ConfigError(f"'limit' must be an integer, got {self.limit!r}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"limit must be >= 1, got {self.limit}")
+        self.check_limit()
         for key in ("model", "device"):
             if not isinstance(getattr(self, key), str) or not getattr(self, key):
                 raise ConfigError(f"'{key}' must be a non-empty string, got {getattr(self, key)!r}")
@@ -138,14 +145,23 @@ class CommonConfig:
         self.dtype = normalize_dtype(self.dtype)
 
 
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
 @dataclass
 class MethodSpec:
-    """One entry of a config's ``methods:`` list."""
+    """One entry of a config's ``methods:`` list. ``label`` (default: ``name``) is the name its
+    points and runs are reported under, so that variants of one method (Steer2Edit with heads only,
+    neurons only, both) are compared with the baseline each on its own."""
 
     name: str
     params: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, list] = field(default_factory=dict)
     strengths: list[float] = field(default_factory=lambda: [1.0])
+    label: str = ""
+
+    def __post_init__(self):
+        self.label = self.label or self.name
 
     @classmethod
     def from_dict(cls, m: Any) -> "MethodSpec":
@@ -153,16 +169,20 @@ class MethodSpec:
             raise ConfigError("every entry of 'methods' needs a 'name'")
         if not isinstance(m["name"], str) or not m["name"]:
             raise ConfigError(f"method 'name' must be a string, got {m['name']!r}")
-        bad = sorted(set(m) - {"name", "params", "grid", "strengths"})
+        bad = sorted(set(m) - {"name", "params", "grid", "strengths", "label"})
         if bad:
-            raise ConfigError(f"method entry '{m['name']}' has no key '{bad[0]}' (name, params, grid, strengths)")
+            raise ConfigError(f"method entry '{m['name']}' has no key '{bad[0]}' (name, label, params, grid, strengths)")
+        label = m.get("label", m["name"])
+        if not isinstance(label, str) or not _LABEL.fullmatch(label):
+            raise ConfigError(f"method '{m['name']}': label must be 1-64 letters, digits, '.', '_' or '-' "
+                              f"(starting with a letter or digit), got {label!r}")
         params, grid = m.get("params") or {}, m.get("grid") or {}
         if not isinstance(params, dict):
             raise ConfigError(f"method '{m['name']}': 'params' must be a mapping, got {params!r}")
         if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
             raise ConfigError(f"method '{m['name']}': 'grid' must map each key to a non-empty list, got {grid!r}")
         strengths = check_strengths(m.get("strengths", [1.0]), f"method '{m['name']}': strengths")
-        return cls(m["name"], dict(params), {str(k): list(v) for k, v in grid.items()}, strengths)
+        return cls(m["name"], dict(params), {str(k): list(v) for k, v in grid.items()}, strengths, label)
 
     def configs(self) -> list[dict]:
         return expand_grid(self.params, self.grid)
@@ -170,8 +190,13 @@ class MethodSpec:
 
 def parse_methods(value: Any) -> list[MethodSpec]:
     if not isinstance(value, list) or not value:
-        raise ConfigError("'methods' must be a non-empty list of {name, params, grid, strengths}")
-    return [MethodSpec.from_dict(m) for m in value]
+        raise ConfigError("'methods' must be a non-empty list of {name, label, params, grid, strengths}")
+    specs = [MethodSpec.from_dict(m) for m in value]
+    plugin_of: dict[str, str] = {}
+    for s in specs:  # one label names one registered method (its points are compared as one method)
+        if plugin_of.setdefault(s.label, s.name) != s.name:
+            raise ConfigError(f"label '{s.label}' is given to two methods ({plugin_of[s.label]}, {s.name})")
+    return specs
 
 
 def load_yaml(path: str | Path) -> dict:

@@ -34,7 +34,7 @@ from editbench.evaluation.tradeoff import AXES, DEFAULT_BASELINE, DEFAULT_MAX_CE
 from editbench.evaluation.utility import UtilityConfig, utility_config
 from editbench.evaluation.validity import ValidityBounds, assess, revalidate
 from editbench.plugins import registry
-from editbench.runs.config import CommonConfig, MethodSpec, load_yaml, parse_methods
+from editbench.runs.config import CommonConfig, MethodSpec, check_limit_value, load_yaml, parse_methods
 from editbench.runs.distributed import Executor, ModelSpec
 from editbench.runs.provenance import code_version, versions
 from editbench.runs.rundir import ResultDir
@@ -52,7 +52,7 @@ class SweepConfig(CommonConfig):
     methods: list[MethodSpec] = field(default_factory=list)
     out: str = ""
     benchmark_options: dict[str, Any] = field(default_factory=dict)
-    limit: int | None = 50  # held-out items per split (attribute)
+    limit: int | None | dict = 50  # held-out items per split, or {val: N, test: M} (see split_limit)
     probe_limit: int | None = 64
     utility: UtilityConfig = field(default_factory=UtilityConfig)
     utility_edits: int = 2  # knowledge-edit benchmarks: edits under which utility is measured
@@ -61,7 +61,8 @@ class SweepConfig(CommonConfig):
     validity: ValidityBounds = field(default_factory=ValidityBounds)
     matched_axis: str = "kl"  # x of fronts and matched gains: "kl" (-neutral_kl) or "utility" (MC accuracy)
     max_censored_share: float = DEFAULT_MAX_CENSORED_SHARE  # above it a gain is "not decidable"
-    target_halfwidth: float = DEFAULT_TARGET_HALFWIDTH  # only for analysis.md's "n needed for ±h"
+    # analysis.md's "n needed for ±h", and the CI half-width above which a comparison is not decidable
+    target_halfwidth: float = DEFAULT_TARGET_HALFWIDTH
 
     @classmethod
     def from_dict(cls, d: Any) -> "SweepConfig":
@@ -111,6 +112,22 @@ class SweepConfig(CommonConfig):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
                 raise ConfigError(f"sweep config: '{key}' must be {need}, got {v!r}")
 
+    def check_limit(self) -> None:
+        """``limit``: one number for both splits, or ``{val: N, test: M}`` (operating points are chosen
+        on val, so test may be the larger one)."""
+        if isinstance(self.limit, dict):
+            if set(self.limit) != {"val", "test"}:
+                raise ConfigError(f"sweep config: 'limit' as a mapping needs exactly the keys val and test, got "
+                                  f"{sorted(map(str, self.limit))}")
+            for split, v in self.limit.items():
+                check_limit_value(v, f"limit.{split}")
+        else:
+            super().check_limit()
+
+    def split_limit(self, split: str) -> int | None:
+        """Held-out items of ``split`` ("val" or "test")."""
+        return self.limit.get(split) if isinstance(self.limit, dict) else self.limit
+
     @classmethod
     def load(cls, path: str | Path) -> "SweepConfig":
         """The config of a YAML file, hyperparameters included, checked before any model loads;
@@ -139,12 +156,17 @@ class PointTask:
     """One (point, split) to compute: ``given`` are the hyperparameters as configured (the method
     is built from them), ``params`` the resolved ones that name the point."""
 
-    method: str
+    method: str  # the name the point is reported under (the spec's label)
     given: dict
     params: dict
     strength: float
     split: str
     original: bool = False  # the unedited model's own point (no method is built)
+    plugin: str = ""  # the registered method (default: ``method``)
+
+    @property
+    def plugin_name(self) -> str:
+        return self.plugin or self.method
 
     @property
     def key(self) -> str:
@@ -200,17 +222,17 @@ class SweepWorker:
         """Let the utility backend refuse an intervention it cannot apply before any point is
         computed: every configuration's first utility context at each strength (fits are kept)."""
         for spec, given, params in planned:
-            fitted = self.fitted(spec.name, given, params)
+            fitted = self.fitted(spec.name, given, params)  # keyed by the registered name, as in __call__
             for strength in spec.strengths:
                 _, ctx = next(iter(self.track.utility_contexts(fitted, strength, "val")))
                 self.suite.check_context(ctx)
 
     def __call__(self, task: PointTask) -> dict:
         """The point's line (without validity, which the driver derives, nor ``code``) and its items."""
-        method = None if task.original else self.method(task.method, task.given)
+        method = None if task.original else self.method(task.plugin_name, task.given)
         track = self.track
         t0 = time.perf_counter()
-        fitted = self.fitted(task.method, task.given, task.params, original=task.original)
+        fitted = self.fitted(task.plugin_name, task.given, task.params, original=task.original)
         fit_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         a_recs, a_agg = track.attribute(fitted, task.strength, task.split)
@@ -219,9 +241,13 @@ class SweepWorker:
             u_recs += [dict(r, edit=tag) for r in self.suite.evaluate(self.lm, ctx, task.split,
                                                                       batch_size=self.cfg.batch_size)]
         point = {"key": task.key, "method": task.method, "params": task.params, "strength": task.strength,
-                 "split": task.split, "method_class": "reference" if method is None else method.effective_class,
+                 "split": task.split, "method_class": "reference" if method is None else method.class_of(fitted),
+                 **({"plugin": task.plugin_name} if task.plugin_name != task.method else {}),
                  **a_agg, **self.suite.summarize(u_recs),
                  "seconds": {"fit": round(fit_s, 3), "eval": round(time.perf_counter() - t1, 3)}}
+        describe = getattr(fitted, "describe", None)  # what the fit chose (edited components, a region)
+        if method is not None and callable(describe):
+            point["fit"] = describe()
         items = ([{"key": task.key, "split": task.split, "kind": "attribute", **r} for r in a_recs] +
                  [{"key": task.key, "split": task.split, "kind": "utility", **r} for r in u_recs])
         return {"point": point, "items": items}
@@ -263,7 +289,8 @@ def _sweep(out: ResultDir, cfg: SweepConfig, work: SweepWork, local: SweepWorker
 
     lm, suite, track = local.lm, local.suite, local.track
     resolved = dataclasses.asdict(cfg)
-    resolved["methods"] = [{"name": s.name, "params": p, "strengths": s.strengths} for s, _, p in planned]
+    resolved["methods"] = [{"name": s.name, "params": p, "strengths": s.strengths,
+                            **({"label": s.label} if s.label != s.name else {})} for s, _, p in planned]
     resolved["track"] = track.describe()
     data = {"benchmark": track.provenance(), "utility": suite.data_files()}
     resolved["data_sha256"] = {**_hashes(data["benchmark"]), **{Path(f).name: h for f, h in data["utility"].items()}}
@@ -282,8 +309,8 @@ def _sweep(out: ResultDir, cfg: SweepConfig, work: SweepWork, local: SweepWorker
     code = code_version(run_versions)  # per point: resumes may span commits
     splits = ("val", "test")  # every point on both, in this order (the serial order the files keep)
     tasks = [PointTask("unedited", {}, {}, 0.0, split, original=True) for split in splits]
-    tasks += [PointTask(s.name, given, p, st, split) for s, given, p in planned for st in s.strengths
-              for split in splits]
+    tasks += [PointTask(s.label, given, p, st, split, plugin="" if s.label == s.name else s.name)
+              for s, given, p in planned for st in s.strengths for split in splits]
     missing, seen = [], set(done)  # in order, each (point, split) once (a configuration listed twice is one point)
     for t in tasks:
         if (t.key, t.split) not in seen:

@@ -34,7 +34,7 @@ class AttributeTrack:
     def __init__(self, bench, lm, cfg: "SweepConfig"):
         self.bench, self.lm, self.cfg = bench, lm, cfg
         self._probe = None
-        self._items = {s: bench.items(s, cfg.limit) for s in ("val", "test")}
+        self._items = {s: bench.items(s, cfg.split_limit(s)) for s in ("val", "test")}
         overlap = {it["item_id"] for it in self._items["val"]} & {it["item_id"] for it in self._items["test"]}
         if overlap:
             raise DataError(f"benchmark '{bench.name}': val and test share items {sorted(overlap)[:3]}")
@@ -69,6 +69,8 @@ class AttributeTrack:
                                         proportion=self.bench.rate)}
         for m in self.bench.extra_metrics:
             agg[m] = M.aggregate([r[m] for r in recs], proportion=True)
+        for m in getattr(self.bench, "extra_means", ()):
+            agg[m] = M.aggregate([r[m] for r in recs], scale=1.0)
         known = [bool(r["censored"]) for r in recs if r.get("censored") is not None]
         if known:  # a benchmark whose responses can hit a token budget says which did (absent: unknown)
             agg["censored_share"] = sum(known) / len(known)
@@ -86,7 +88,7 @@ class EditTrack:
     def __init__(self, bench_cls, lm, cfg: "SweepConfig"):
         self.lm, self.cfg = lm, cfg
         self.benches = {s: bench_cls(data_root=cfg.data_root, split=self.SPLITS[s]) for s in ("val", "test")}
-        self.cases = {s: b.load(cfg.limit) for s, b in self.benches.items()}
+        self.cases = {s: b.load(cfg.split_limit(s)) for s, b in self.benches.items()}
 
     def provenance(self) -> dict:
         return {s: b.provenance() for s, b in self.benches.items()}
