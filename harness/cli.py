@@ -26,7 +26,8 @@ def _run_plan(a: argparse.Namespace) -> list[tuple[dict, Any]]:
     common = dict(model=a.model, benchmark=a.benchmark, split=a.split, limit=a.limit, seed=a.seed,
                   batch_size=a.batch_size, chunk_size=a.chunk_size, device=a.device, dtype=a.dtype,
                   generation=a.generation, max_new_tokens=a.max_new_tokens, data_root=a.data_root,
-                  dataset=a.dataset, cases=a.cases)
+                  dataset=a.dataset, cases=a.cases, sequential=a.sequential,
+                  checkpoints=_int_list(a.checkpoints, "--checkpoints"), edit_batch_size=a.edit_batch_size)
     if a.config:
         if a.param or a.grid or a.method != "unedited":
             raise EditbenchError("--config gives the methods; do not combine it with --method, --param or --grid")
@@ -63,6 +64,15 @@ def _run_plan(a: argparse.Namespace) -> list[tuple[dict, Any]]:
     return plan
 
 
+def _int_list(text: str | None, flag: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise EditbenchError(f"{flag} expects comma-separated integers, got {text!r}") from None
+
+
 def _backend_options(a: argparse.Namespace):
     from editbench.runs.distributed import BackendOptions
 
@@ -73,7 +83,7 @@ def _backend_options(a: argparse.Namespace):
 
 def _cmd_run(a: argparse.Namespace) -> int:
     from editbench.runs.distributed import open_executor
-    from editbench.runs.runner import execute, format_grid_table, format_table, resolve_params
+    from editbench.runs.runner import execute, format_checkpoints, format_grid_table, format_table, resolve_params
 
     runs = []
     options = _backend_options(a)
@@ -87,7 +97,9 @@ def _cmd_run(a: argparse.Namespace) -> int:
             summary = execute(cfg, progress=not a.quiet, wait=a.wait, executor=executor)
             label = f" ({', '.join(f'{k}={v}' for k, v in point.items())})" if point else ""
             print(f"# {cfg.method}{label} on {cfg.benchmark}/{cfg.split}, model {cfg.model}, {summary['n_cases']} cases")
-            print(format_table(summary))
+            print(format_table(summary) if "checkpoints" not in summary else
+                  f"sequential: {summary['protocol']['composition']} composition, edit batch "
+                  f"{summary['protocol']['edit_batch_size']}\n" + format_checkpoints(summary))
             print(f"\nresults: {cfg.out}/summary.json, per-case records: {cfg.out}/cases.jsonl\n")
             runs.append((point, summary))
     if len(runs) > 1:
@@ -226,6 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cases", default=None, metavar="with-subject-facts",
                    help="evaluate only the split's cases that have another CounterFact fact about their subject "
                         "(subject_specificity then applies to every case); --limit counts those")
+    r.add_argument("--sequential", action="store_true",
+                   help="many-edit protocol: the cases' edits accumulate in one model, in case order, each fitted as "
+                        "the method's composition says; evaluated at --checkpoints")
+    r.add_argument("--checkpoints", default=None, metavar="T1,T2,...",
+                   help="with --sequential: after T edits, evaluate the first T cases and the model's health "
+                        "(default 1,10,100,... and the last case)")
+    r.add_argument("--edit-batch-size", type=int, default=1, metavar="B",
+                   help="fit B edits at once (methods that support it: memit, alphaedit, ft); with --sequential, "
+                        "batches accumulate (AlphaEdit's protocol)")
     r.add_argument("--config", default=None, metavar="FILE.yaml",
                    help="run every entry of a config's methods: list (the sweep's shape: name, params, grid, strengths)")
     r.add_argument("--wait", action="store_true", help="wait for another process writing the same --out")

@@ -31,9 +31,10 @@ from editbench.plugins.method import Method
 
 class FT(Method):
     name = "ft"
+    composition = "weights"
     method_class = "weight-edit"
     description = "FT-L: L-inf-constrained fine-tuning of one MLP output projection (reference weight editor)"
-    supports = frozenset({"edit", "behaviour"})
+    supports = frozenset({"edit", "behaviour", "batch"})
     behaviour_batch = 8  # probe examples per optimisation step (fixed: not a result-affecting knob)
 
     @dataclass
@@ -58,6 +59,10 @@ class FT(Method):
 
     def fit_edit(self, request: EditRequest) -> Intervention:
         return self._fit([ScoreRequest(request.prompt, request.target_new)])
+
+    def fit_edits(self, requests: Sequence[EditRequest]) -> Intervention:
+        """Several edits in one fine-tuning run (mini-batches of 8 of their rewrite prompts, cycled)."""
+        return self._fit([ScoreRequest(r.prompt, r.target_new) for r in requests])
 
     def fit_behaviour(self, positives: Sequence[ProbeExample], negatives: Sequence[ProbeExample],
                       window: str = "predict") -> Intervention:

@@ -242,6 +242,7 @@ def build_codebook(lm: LoadedModel, requests: Sequence[EditRequest], params: "GR
 
 class GRACE(Method):
     name = "grace"
+    composition = "independent"  # compose: the one-entry codebooks merged in order (build_codebook's rule)
     method_class = "gated"
     description = "GRACE: codebook at one layer; a prompt within eps of a key gets its trained value, else untouched"
 
@@ -269,6 +270,19 @@ class GRACE(Method):
 
     def fit_edit(self, request: EditRequest) -> GraceIntervention:
         return build_codebook(self.lm, [request], self.params, self.layer)
+
+    def compose(self, edits: Sequence[Intervention]) -> GraceIntervention:
+        """A sequential run's one-entry codebooks merged in edit order by :func:`add_entry` (expand
+        or split radii, as :func:`build_codebook`): one codebook whose nearest key decides."""
+        iv = None
+        for e in edits:
+            if not isinstance(e, GraceIntervention):
+                raise ConfigError(f"GRACE: cannot compose a {type(e).__name__}")
+            for i in range(e.keys.shape[0]):
+                iv = add_entry(iv, e.layer, e.keys[i], e.values[i], e.targets[i], self.params.eps)
+        if iv is None:
+            raise ConfigError("GRACE: no edits to compose")
+        return iv
 
 
 __all__ = ["GRACE", "GraceIntervention", "add_entry", "build_codebook", "default_grace_layer", "gate_distances",

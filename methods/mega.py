@@ -122,6 +122,7 @@ BEHAVIOUR_ATTRIBUTION_POSITIONS = 16
 
 class MEGA(Method):
     name = "mega"
+    composition = "independent"
     method_class = "gated"
     supports = frozenset({"edit", "behaviour"})
     description = "MEGA [recon]: per-edit gated steering of the attention residual in an attribution region"

@@ -52,7 +52,7 @@ Deviations from the paper / official code:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 
@@ -105,14 +105,27 @@ def invert_post_norm(norm: torch.nn.Module, target: torch.Tensor, init: torch.Te
     return o.detach()
 
 
+def memit_solve(params: "MEMIT.Params") -> Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """MEMIT's key side of the update: ``(lambda C_l + K K^T)^-1 K`` (float64, with the ridge)."""
+    def solve(layer: int, K: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+        return ridge_solve(params.mom2_update_weight * C + K @ K.T, K, params.mom2_ridge)
+
+    return solve
+
+
 def compute_memit_deltas(lm: LoadedModel, requests: Sequence[EditRequest], params: "MEMIT.Params",
                          layers: Sequence[int] | None = None, moments: Mapping[int, torch.Tensor] | None = None,
-                         details_out: dict | None = None) -> list[ColumnDelta]:
+                         details_out: dict | None = None,
+                         solve: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+                         ) -> list[ColumnDelta]:
     """MEMIT's update for a batch of edits: one ColumnDelta per layer of the range (formulas in the
     module docstring). ``layers`` default to ``params.layers`` or :func:`default_memit_layers`;
     ``moments`` (``{layer: C_l}``) to :func:`~editbench.methods.rome.second_moments`.
     ``details_out`` receives ``z`` ``[hidden, n]`` and per layer (``details_out[l]``) the keys ``K``,
-    the current residual ``H``, the residual share ``resid``, the ``R`` applied and ``C``."""
+    the current residual ``H``, the residual share ``resid``, the ``R`` applied and ``C``.
+    ``solve(layer, K, C)`` gives the key side ``down`` of ``Delta W_l = R down^T`` (float64 ``[in,
+    n]``; default :func:`memit_solve`): AlphaEdit changes only this."""
+    solve = solve or memit_solve(params)
     if not requests:
         raise ConfigError("MEMIT: no edit requests given")
     ad = lm.adapter
@@ -153,10 +166,10 @@ def compute_memit_deltas(lm: LoadedModel, requests: Sequence[EditRequest], param
             else:
                 R = resid
         C = moments[l].to(K.device).double()
-        A = params.mom2_update_weight * C + K @ K.T
-        adj = ridge_solve(A, K, params.mom2_ridge)  # A^-1 K: [in, n]
+        adj = solve(l, K, C)  # MEMIT: (lambda C + K K^T)^-1 K, [in, n]
         if not torch.isfinite(adj).all():
-            raise ConfigError(f"MEMIT: (lambda C + K K^T) is singular at layer {l}; raise mom2_ridge")
+            raise ConfigError(f"{type(params).__qualname__.split('.')[0]}: the key system is singular at layer {l}; "
+                              "raise its ridge")
         deltas.append(ColumnDelta(l, "mlp", slice(None), up=R.float(), down=adj.float()))
         if details_out is not None:
             details_out[l] = {"K": K.float(), "H": H.float(), "resid": resid.float(), "R": R.float(), "C": C.float()}
@@ -165,7 +178,9 @@ def compute_memit_deltas(lm: LoadedModel, requests: Sequence[EditRequest], param
 
 class MEMIT(Method):
     name = "memit"
+    composition = "weights"
     method_class = "weight-edit"
+    supports = frozenset({"edit", "batch"})
     description = "MEMIT: residual target at the last layer of an MLP range, spread as least-squares updates"
 
     @dataclass
@@ -207,6 +222,10 @@ class MEMIT(Method):
 
     def fit_edit(self, request: EditRequest) -> WeightIntervention:
         return WeightIntervention(compute_memit_deltas(self.lm, [request], self.params, self.layers, self.C))
+
+    def fit_edits(self, requests: Sequence[EditRequest]) -> WeightIntervention:
+        """A batch of edits in one least-squares update per layer (MEMIT's own batch form)."""
+        return WeightIntervention(compute_memit_deltas(self.lm, list(requests), self.params, self.layers, self.C))
 
 
 __all__ = ["MEMIT", "compute_memit_deltas", "default_memit_layers", "invert_post_norm"]

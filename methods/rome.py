@@ -438,6 +438,7 @@ def compute_rome_delta(lm: LoadedModel, request: EditRequest, params: "ROME.Para
 
 class ROME(Method):
     name = "rome"
+    composition = "weights"
     method_class = "weight-edit"
     description = "ROME: rank-one update of one MLP output projection (key second moment from wikitext-2)"
 

@@ -254,6 +254,7 @@ def compute_rank1_edits(model: LoadedModel | ArchAdapter | nn.Module, directions
 # ---------------------------------------------------------------------------------------------
 class Steer2Edit(Method):
     name = "steer2edit"
+    composition = "weights"
     method_class = "weight-edit"
     description = "Steer2Edit: steering directions -> sparse rank-1 head/neuron weight edits (elastic net)"
     supports = frozenset({"edit", "behaviour"})

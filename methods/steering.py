@@ -65,6 +65,7 @@ class _ProbeSteering(Method):
 
 class Steering(_ProbeSteering):
     name = "steering"
+    composition = "independent"
     method_class = "activation-steering"
     description = "Steer2Edit paper baseline: add gamma * v_l^b at every attention and MLP block output"
 
@@ -84,6 +85,7 @@ class Steering(_ProbeSteering):
 
 class GatedSteering(Steering):
     name = "steering-gated"
+    composition = "independent"
     method_class = "gated"
     description = "steering behind MEGA's subject scope gate: gamma * v_l^b only on prompts in scope of the edit"
     supports = frozenset({"edit"})
@@ -124,6 +126,7 @@ class GatedSteering(Steering):
 
 class SteeringLayer(_ProbeSteering):
     name = "steering-layer"
+    composition = "independent"
     method_class = "activation-steering"
     description = "CAA/ActAdd-style: add gamma * (residual mean difference) after one layer (default: middle)"
 

@@ -13,6 +13,7 @@ from editbench.plugins.method import Method
 
 class Unedited(Method):
     name = "unedited"
+    composition = "independent"
     method_class = "reference"
     description = "no edit (reference model)"
     supports = frozenset({"edit", "behaviour"})

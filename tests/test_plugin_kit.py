@@ -29,7 +29,7 @@ from editbench.plugins.scaffold import names_for, scaffold
 from editbench.plugins.method import Method
 
 BUILTINS = ("unedited", "steering", "steering-layer", "steering-gated", "steer2edit", "ft", "mega", "rome", "memit",
-            "grace")
+            "grace", "alphaedit")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,7 +267,7 @@ def test_check_method_cli_pass_and_fail(capsys, monkeypatch):
     code, out, err = run_cli(["check-method", "toy"], capsys)
     assert code == 1 and "| strength-zero | FAIL |" in out and "failed: strength-zero" in out
     # a check that does not apply is reported as skipped, not counted as passed
-    code, out, err = run_cli(["check-method", "mega", "--param", "steps=2"], capsys)
+    code, out, err = run_cli(["check-method", "rome", "--param", "steps=2"], capsys)
     assert code == 0 and "| behaviour | skip |" in out, out + err
     assert "6/6 checks passed" in out and "skipped (not applicable): behaviour" in out
 

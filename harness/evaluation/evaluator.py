@@ -119,18 +119,26 @@ def case_metrics(case: EditCase, scores: Scored, pre: Scored | None, scope: bool
     ``scope``: the scores hold :func:`scope_slots` too (``subject_specificity`` is None for a case
     without other-relation facts: not applicable, left out of the aggregate's n)."""
     out: dict = {}
-    families = (("rewrite", "efficacy", False), ("paraphrase", "generalization", False),
-                ("neighborhood", "specificity", True))
+    # the neighbourhood prompts keep their own answer (CounterFact: target_true; zsRE: the NQ answer)
+    loc_kind = "true" if case.neighborhood_target == case.request.target_true else "loc"
+    # an edit that asks for the answer the fact already has (zsRE: alt == answers[0]) has no
+    # new-vs-old comparison: those metrics are not applicable (None), not failures
+    same = case.request.target_new.strip().casefold() == case.request.target_true.strip().casefold()
+    families = (("rewrite", "efficacy", False, "true"), ("paraphrase", "generalization", False, "true"),
+                ("neighborhood", "specificity", True, loc_kind))
     if scope:
-        families += (("subject_other", "subject_specificity", True), ("cfplus", "cfplus_specificity", True))
-    for fam, name, keep_true in families:
-        succ, mag = M.rome_prompt_family(_family(scores, fam, "new"), _family(scores, fam, "true"), keep_true)
+        families += (("subject_other", "subject_specificity", True, "true"), ("cfplus", "cfplus_specificity", True, "true"))
+    for fam, name, keep_true, kind in families:
+        if same and kind == "true" and fam != "subject_other":  # subject_other's "true" is Y's own object
+            out[name] = out[name + "_magnitude"] = None
+            continue
+        succ, mag = M.rome_prompt_family(_family(scores, fam, "new"), _family(scores, fam, kind), keep_true)
         out[name], out[name + "_magnitude"] = succ, mag
     for name in DOUBT_TEMPLATES:
-        out[name] = M.rome_prompt_family(_family(scores, name, "new"), _family(scores, name, "true"), False)[0]
+        out[name] = None if same else M.rome_prompt_family(_family(scores, name, "new"), _family(scores, name, "true"),
+                                                           False)[0]
     out["ft_acc"] = M.first_token_match(_family(scores, "rewrite", "new"))
     out["ft_gen"] = M.first_token_match(_family(scores, "paraphrase", "new"))
-    loc_kind = "true" if case.neighborhood_target == case.request.target_true else "loc"
     out["ft_spec"] = M.first_token_match(_family(scores, "neighborhood", loc_kind))
     out["ee_rewrite_acc"] = M.token_accuracy(_family(scores, "rewrite", "new"))
     out["ee_rephrase_acc"] = M.token_accuracy(_family(scores, "paraphrase", "new"))
@@ -138,6 +146,23 @@ def case_metrics(case: EditCase, scores: Scored, pre: Scored | None, scope: bool
         out["ee_locality"] = M.locality_agreement(_family(pre, "neighborhood", loc_kind),
                                                   _family(scores, "neighborhood", loc_kind))
     return out
+
+
+#: the per-case columns of ``scope_score`` [ours]: the ROME Score's three plus CounterFact+ NS and
+#: "no leak" (1 - subject_leak), so an editor that passes NS by gating on the subject but overwrites
+#: what the model says about that subject elsewhere is not ranked first by the metric it was built
+#: to pass; its harmonic mean, jointly bootstrapped over cases (a case lacking a column is left out)
+SCOPE_SCORE_COLUMNS = ("efficacy", "generalization", "specificity", "cfplus_specificity", "no_leak")
+
+
+def scope_score_columns(records: Sequence[dict], state: str) -> list[list[float | None]]:
+    def col(r: dict, name: str) -> float | None:
+        if name == "no_leak":
+            leak = r[state].get("subject_leak")
+            return None if leak is None else 1.0 - leak
+        return r[state].get(name)
+
+    return [[col(r, c) for r in records] for c in SCOPE_SCORE_COLUMNS]
 
 
 def _nlls(scores: Scored) -> dict:
@@ -153,6 +178,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@dataclass
+class PreScores:
+    """The unedited model's side of a set of cases: their slots, scores and health probes."""
+
+    slots: list
+    scores: list
+    health: list | None
+    seconds: float
+    health_seconds: float
+
+    def subset(self, idx: Sequence[int]) -> "PreScores":
+        return PreScores([self.slots[i] for i in idx], [self.scores[i] for i in idx],
+                         None if self.health is None else [self.health[i] for i in idx], self.seconds,
+                         self.health_seconds)
+
+
 class KnowledgeEditEvaluator:
     """Evaluates one method on edit cases at several strengths. Use :meth:`evaluate` per chunk."""
 
@@ -161,11 +202,12 @@ class KnowledgeEditEvaluator:
     def __init__(self, lm: LoadedModel, method, strengths: Sequence[float] = (1.0,), batch_size: int = 32,
                  generation: bool = False, max_new_tokens: int = 64, seed: int = 0, health: bool = True,
                  data_root=None, subject_templates: Sequence[str] = SUBJECT_TEMPLATES,
-                 fluency_tokens: int = FLUENCY_MAX_NEW_TOKENS):
+                 fluency_tokens: int = FLUENCY_MAX_NEW_TOKENS, edit_batch_size: int = 1):
         """``health``: the scope tests and model-health metrics (default on); ``generation``: also
         ``fluency_long``, generations of ``max_new_tokens`` from the cases' generation prompts;
         ``data_root``: where the neutral text is read (default: the default data root)."""
         self.lm, self.method = lm, method
+        self.edit_batch_size = edit_batch_size
         self.strengths = list(strengths)
         self.batch_size = batch_size
         self.generation = generation
@@ -195,6 +237,36 @@ class KnowledgeEditEvaluator:
         cases = [c for c in cases if todo.get(c.case_id)]
         if not cases:
             return []
+        pre = self.pre_scores(cases)
+        ivs, fit_seconds = self.fit(cases)
+        records = []
+        for strength in self.strengths:
+            idx = [c for c, case in enumerate(cases) if strength in todo[case.case_id]]
+            if idx:
+                records += self.post_records([cases[c] for c in idx], pre.subset(idx), [ivs[c] for c in idx],
+                                             strength, [fit_seconds[c] for c in idx])
+        return records
+
+    def fit(self, cases: Sequence[EditCase]) -> tuple[list[Intervention], list[float]]:
+        """One intervention per case (``edit_batch_size`` > 1: the cases of each consecutive group
+        of that many share one edit fitted on all of them, ``fit_edits``), and fit seconds per case."""
+        ivs: list[Intervention] = []
+        fit_seconds: list[float] = []
+        B = self.edit_batch_size
+        for g in range(0, len(cases), B):
+            group = cases[g:g + B]
+            case = group[0]
+            seed_everything(self.seed)  # per case / group, so results do not depend on chunking
+            t = time.perf_counter()
+            iv = (self.method.fit_edit(case.request) if B == 1 else
+                  self.method.fit_edits([c.request for c in group]))
+            dt = (time.perf_counter() - t) / len(group)
+            ivs += [iv] * len(group)
+            fit_seconds += [dt] * len(group)
+        return ivs, fit_seconds
+
+    def pre_scores(self, cases: Sequence[EditCase]) -> "PreScores":
+        """The unedited model's scores of every case's slots (and its health probes), batched."""
         slots = [case_slots(c) + (scope_slots(c, self.templates) if self.health else []) for c in cases]
         t0 = time.perf_counter()
         flat = [q for s in slots for _, q in s]
@@ -206,63 +278,52 @@ class KnowledgeEditEvaluator:
             k += len(s)
         t1 = time.perf_counter()
         pre_h = self.probe.pre(cases, [_next_rows(p) for p in pre]) if self.probe else None
-        pre_health = (time.perf_counter() - t1) / len(cases)
-        pre_seconds = (time.perf_counter() - t0) / len(cases)
+        n = max(len(cases), 1)
+        return PreScores(slots, pre, pre_h, (time.perf_counter() - t0) / n, (time.perf_counter() - t1) / n)
 
-        ivs, fit_seconds = [], []
-        for case in cases:
-            seed_everything(self.seed)  # per case, so results do not depend on chunking
-            t = time.perf_counter()
-            ivs.append(self.method.fit_edit(case.request))
-            fit_seconds.append(time.perf_counter() - t)
-
+    def post_records(self, cases: Sequence[EditCase], pre: "PreScores", ivs: Sequence[Intervention],
+                     strength: float, fit_seconds: Sequence[float]) -> list[dict]:
+        """One record per case: its post-edit scores under ``ivs[c]`` at ``strength``, and metrics."""
+        t = time.perf_counter()
+        post = self._score_post(pre.slots, list(ivs), strength, pre.scores)
+        th = time.perf_counter()
+        post_h = self.probe.post(cases, list(ivs), strength, pre.health,
+                                 [None if post[j] is pre.scores[j] else _next_rows(post[j]) for j in range(len(cases))]
+                                 ) if self.probe else None
+        health_seconds = (time.perf_counter() - th) / max(len(cases), 1)
+        eval_seconds = (time.perf_counter() - t) / max(len(cases), 1)
         records = []
-        for strength in self.strengths:
-            idx = [c for c, case in enumerate(cases) if strength in todo[case.case_id]]
-            if not idx:
-                continue
-            t = time.perf_counter()
-            sub = [cases[c] for c in idx]
-            sub_ivs = [ivs[c] for c in idx]
-            post = self._score_post([slots[c] for c in idx], sub_ivs, strength, [pre[c] for c in idx])
-            th = time.perf_counter()
-            post_h = self.probe.post(sub, sub_ivs, strength, [pre_h[c] for c in idx],
-                                     [None if post[j] is pre[c] else _next_rows(post[j]) for j, c in enumerate(idx)]
-                                     ) if self.probe else None
-            health_seconds = (time.perf_counter() - th) / len(idx)
-            eval_seconds = (time.perf_counter() - t) / len(idx)
-            for j, c in enumerate(idx):
-                case = cases[c]
-                pre_m = case_metrics(case, pre[c], None, scope=self.health)
-                post_m = case_metrics(case, post[j], pre[c], scope=self.health)
-                trace = {}
-                if self.probe:
-                    pre_m.update(pre_h[c].metrics(self.probe.windows is not None))
-                    post_m.update(post_h[j][0])
-                    trace = {"subject_probes": pre_h[c].probes, "cfplus": pre_h[c].cfplus,
-                             "fluency": pre_h[c].fluency_prompts}
-                bad = {"pre": M.split_non_finite(pre_m), "post": M.split_non_finite(post_m)}
-                records.append({
-                    "case_id": case.case_id,
-                    "strength": strength,
-                    "request": case.request.__dict__,
-                    "prompts": {"paraphrase": list(case.paraphrase_prompts),
-                                "neighborhood": list(case.neighborhood_prompts),
-                                "neighborhood_target": case.neighborhood_target,
-                                "generation": list(case.generation_prompts) if self.generation else [],
-                                **({"subject_neighbours": [list(y) for y in case.extra.get("subject_neighbours", ())],
-                                    **trace} if self.health else {})},
-                    "pre": pre_m,
-                    "post": post_m,
-                    "nll": {"pre": _nlls(pre[c]), "post": _nlls(post[j])},
-                    **({"greedy": {"new_first_token": pre_h[c].new_first, "subject_probes": post_h[j][1]}}
-                       if self.health else {}),
-                    "intervention": ivs[c].describe(),
-                    "seconds": {"fit": round(fit_seconds[c], 4), "eval": round(eval_seconds, 4),
-                                "pre_eval": round(pre_seconds, 4), "health": round(health_seconds, 4),
-                                "pre_health": round(pre_health, 4)},
-                    **({"non_finite": bad} if bad["pre"] or bad["post"] else {}),
-                })
+        for j, case in enumerate(cases):
+            pre_m = case_metrics(case, pre.scores[j], None, scope=self.health)
+            post_m = case_metrics(case, post[j], pre.scores[j], scope=self.health)
+            trace = {}
+            if self.probe:
+                pre_m.update(pre.health[j].metrics(self.probe.windows is not None))
+                post_m.update(post_h[j][0])
+                trace = {"subject_probes": pre.health[j].probes, "cfplus": pre.health[j].cfplus,
+                         "fluency": pre.health[j].fluency_prompts}
+            bad = {"pre": M.split_non_finite(pre_m), "post": M.split_non_finite(post_m)}
+            records.append({
+                "case_id": case.case_id,
+                "strength": strength,
+                "request": case.request.__dict__,
+                "prompts": {"paraphrase": list(case.paraphrase_prompts),
+                            "neighborhood": list(case.neighborhood_prompts),
+                            "neighborhood_target": case.neighborhood_target,
+                            "generation": list(case.generation_prompts) if self.generation else [],
+                            **({"subject_neighbours": [list(y) for y in case.extra.get("subject_neighbours", ())],
+                                **trace} if self.health else {})},
+                "pre": pre_m,
+                "post": post_m,
+                "nll": {"pre": _nlls(pre.scores[j]), "post": _nlls(post[j])},
+                **({"greedy": {"new_first_token": pre.health[j].new_first, "subject_probes": post_h[j][1]}}
+                   if self.health else {}),
+                "intervention": ivs[j].describe(),
+                "seconds": {"fit": round(fit_seconds[j], 4), "eval": round(eval_seconds, 4),
+                            "pre_eval": round(pre.seconds, 4), "health": round(health_seconds, 4),
+                            "pre_health": round(pre.health_seconds, 4)},
+                **({"non_finite": bad} if bad["pre"] or bad["post"] else {}),
+            })
         return records
 
     # ---------------------------------------------------------------------------------------
@@ -290,6 +351,8 @@ class KnowledgeEditEvaluator:
                 agg["score"] = M.aggregate_joint(
                     [[r[state]["efficacy"] for r in rs], [r[state]["generalization"] for r in rs],
                      [r[state]["specificity"] for r in rs]], M.hmean_rows)
+                if any("cfplus_specificity" in r[state] and "subject_leak" in r[state] for r in rs):
+                    agg["scope_score"] = M.aggregate_joint(scope_score_columns(rs, state), M.hmean_rows)
                 point[state] = agg
             point["seconds_per_case"] = {
                 "fit": float(np.mean([r["seconds"]["fit"] for r in rs])),

@@ -85,6 +85,9 @@ def all_specs() -> dict[str, MetricSpec]:
 
 # The built-in metrics (CounterFact, attribute benchmarks, utility suite). Order is the report's.
 _BUILTIN = [
+    MetricSpec("scope_score", headline=True,
+               description="[ours] harmonic mean of efficacy, generalization, specificity, cfplus_specificity and "
+                           "100 - subject_leak: the Score with the scope tests a gated editor must also pass"),
     MetricSpec("score", headline=True, description="harmonic mean of efficacy, generalization, specificity"),
     MetricSpec("efficacy", proportion=True, headline=True, description="ES: P(o*) > P(o) on the rewrite prompt"),
     MetricSpec("generalization", proportion=True, headline=True, description="PS: ES on paraphrases"),

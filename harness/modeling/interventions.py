@@ -160,3 +160,65 @@ class ActivationIntervention(Intervention):
 
     def extra_numel(self) -> int:
         return sum(v.vector.numel() for v in self.vectors)
+
+
+def _enter_all(managers: Sequence[ContextManager]) -> ContextManager:
+    stack = ExitStack()
+    try:
+        for m in managers:
+            stack.enter_context(m)
+    except BaseException:
+        stack.close()
+        raise
+    return stack
+
+
+@dataclass
+class StackedIntervention(Intervention):
+    """Several edits in force at once, entered in order: weight deltas add up, hooks add their
+    vectors, each gate decides for its own edit. The default composition of a sequential run's
+    edits (:meth:`editbench.plugins.method.Method.compose`)."""
+
+    parts: list[Intervention]
+
+    def apply(self, lm: LoadedModel, strength: float = 1.0) -> ContextManager:
+        return _enter_all([p.apply(lm, strength) for p in self.parts])
+
+    def uniform(self, lm: LoadedModel, strength: float = 1.0) -> tuple[ContextManager, BatchContext | None]:
+        outers, per_batch = [], []
+        for p in self.parts:
+            outer, bctx = p.uniform(lm, strength)
+            outers.append(outer)
+            if bctx is not None:
+                per_batch.append(bctx)
+        if not per_batch:
+            return _enter_all(outers), None
+        return _enter_all(outers), RowsContext(lambda b: _enter_all([c(b) for c in per_batch]))
+
+    def extra_numel(self) -> int:
+        return sum(p.extra_numel() for p in self.parts)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "edits": len(self.parts)}
+
+
+@dataclass
+class EditedState(Intervention):
+    """The model as a sequential run has edited it: the edits are already in force around the
+    evaluation (weights changed in place, or ``batch_context`` entered on every batch), so applying
+    this adds nothing of its own. Row-batchable, so the evaluator scores every case of a checkpoint
+    in shared batches, and never the unedited model in its place."""
+
+    batch_context: BatchContext | None = None
+    row_batchable: ClassVar[bool] = True
+
+    def apply(self, lm: LoadedModel, strength: float = 1.0) -> ContextManager:
+        return nullcontext()
+
+    @classmethod
+    def apply_rows(cls, lm: LoadedModel, rows, batch: Batch) -> ContextManager:
+        states = {id(iv): iv for iv, _s in rows}
+        if len(states) != 1:
+            raise ValueError("EditedState rows must share one state")
+        bctx = next(iter(states.values())).batch_context
+        return bctx(batch) if bctx is not None else nullcontext()

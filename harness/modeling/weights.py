@@ -43,6 +43,46 @@ def _col_index(cols: slice | torch.Tensor, n: int) -> torch.Tensor:
     return cols.reshape(-1).long().cpu()
 
 
+@torch.no_grad()
+def add_delta(W: torch.Tensor, d: ColumnDelta, scale: float) -> None:
+    """``W[:, cols] += scale * up @ down.T`` in place (float32 arithmetic, stored in W's dtype)."""
+    delta = (scale * d.dense().to(device=W.device, dtype=torch.float32)).to(W.dtype)
+    if isinstance(d.cols, slice):
+        W[:, d.cols] += delta
+    else:
+        W[:, d.cols.to(W.device)] += delta
+
+
+class CumulativeWeights:
+    """Weight deltas that stay in force and add up (a sequential run's edits), each applied in place
+    exactly as :class:`WeightEditTransaction` applies it; one copy of each touched matrix is saved
+    the first time it is touched (not one per edit: a thousand rank-one edits of one matrix keep
+    one copy) and :meth:`restore` puts every original back, bit-exact."""
+
+    def __init__(self, adapter: ArchAdapter):
+        self.adapter = adapter
+        self._saved: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def add(self, deltas: Sequence[ColumnDelta], scale: float = 1.0) -> None:
+        with torch.no_grad():
+            for d in deltas:
+                W = self.adapter.out_weight(d.layer, d.block)
+                self._saved.setdefault((d.layer, d.block), (W, W.detach().clone()))
+            if scale != 0.0:
+                for d in deltas:
+                    add_delta(self.adapter.out_weight(d.layer, d.block), d, scale)
+
+    @property
+    def saved_numel(self) -> int:
+        return sum(orig.numel() for _, orig in self._saved.values())
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for W, orig in self._saved.values():
+                W.copy_(orig)
+        self._saved.clear()
+
+
 class WeightEditTransaction:
     """``with WeightEditTransaction(adapter, deltas, scale):`` edits weights, then restores them."""
 
@@ -72,12 +112,7 @@ class WeightEditTransaction:
                     self.saved_numel += W.shape[0] * idx.numel()
                 if self.scale != 0.0:
                     for d in self.deltas:
-                        W = self.adapter.out_weight(d.layer, d.block)
-                        delta = (self.scale * d.dense().to(device=W.device, dtype=torch.float32)).to(W.dtype)
-                        if isinstance(d.cols, slice):
-                            W[:, d.cols] += delta
-                        else:
-                            W[:, d.cols.to(W.device)] += delta
+                        add_delta(self.adapter.out_weight(d.layer, d.block), d, self.scale)
         except BaseException:
             self._restore()
             raise

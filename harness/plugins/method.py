@@ -29,9 +29,16 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 from editbench.errors import ConfigError
-from editbench.modeling.interventions import Intervention
+from editbench.modeling.interventions import Intervention, StackedIntervention
 from editbench.modeling.loading import LoadedModel
 from editbench.requests import EditRequest
+
+#: How edits compose in a sequential run: ``weights`` - each edit is fitted on the model with the
+#: earlier edits in force, and is a :class:`~editbench.modeling.interventions.WeightIntervention`
+#: whose deltas add to theirs; ``independent`` - each edit is fitted on the unedited model and
+#: :meth:`Method.compose` puts all of them in force together (steering vectors sum, each gate decides
+#: for its own edit, a codebook grows).
+COMPOSITIONS: tuple[str, ...] = ("weights", "independent")
 
 #: How a method changes the model; reports label and group rows by it, so a gated (semi-parametric)
 #: editor is never ranked against ungated ones without a label.
@@ -46,6 +53,9 @@ class Method:
     supports: ClassVar[frozenset[str]] = frozenset({"edit"})
     #: See :data:`MethodClass`.
     method_class: ClassVar[str] = "weight-edit"
+    #: How this method's edits accumulate in a sequential (lifelong) run, ``editbench run
+    #: --sequential`` (see :data:`COMPOSITIONS`); None: they cannot, and such a run is refused.
+    composition: ClassVar[str | None] = None
 
     @dataclass
     class Params:
@@ -59,6 +69,22 @@ class Method:
     def fit_edit(self, request: EditRequest) -> Intervention:
         """One knowledge edit (``"edit" in supports``)."""
         raise ConfigError(f"method '{self.name}' does not support knowledge edits")
+
+    def fit_edits(self, requests: Sequence[EditRequest]) -> Intervention:
+        """Several knowledge edits fitted at once into one intervention (``"batch" in supports``;
+        ``editbench run --edit-batch-size``)."""
+        raise ConfigError(f"method '{self.name}' cannot fit several edits at once; use --edit-batch-size 1")
+
+    def after_edit(self, edit: Intervention) -> None:
+        """Called by a sequential run once ``edit`` is in force (fitted now, or loaded from the run's
+        stored edits on a resume), in edit order: a method that carries state from one edit to the
+        next (AlphaEdit's keys of earlier edits) updates it from the stored edit alone, so that a
+        resumed run rebuilds it exactly. Default: nothing."""
+
+    def compose(self, edits: Sequence[Intervention]) -> Intervention:
+        """The edits of a sequential run (``composition: independent``) in force together, in order.
+        Default: all of them stacked (:class:`~editbench.modeling.interventions.StackedIntervention`)."""
+        return StackedIntervention(list(edits))
 
     def fit_behaviour(self, positives: Sequence[Any], negatives: Sequence[Any], window: str = "predict") -> Intervention:
         """One behaviour edit from contrastive :class:`~editbench.modeling.directions.ProbeExample`

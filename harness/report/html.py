@@ -21,7 +21,7 @@ from typing import Any, Callable
 import jinja2
 
 from editbench.report.health import health_detail, health_text, is_flagged
-from editbench.report.model import MISSING, pareto_cell
+from editbench.report.model import MISSING, pareto_cell, retention_cells
 
 PACKAGE = "editbench.report"
 
@@ -213,6 +213,7 @@ def render_html(board: dict, figures: dict[int, list[tuple[str, str]]], drill: d
                "headline": _run_table(g, g["headline"], runs),
                "other": _run_table(g, g["other_metrics"], runs) if g["other_metrics"] else None,
                "figures": figures.get(gi, []),
+               "retention": retention_cells(g["retention"]) if g.get("retention") else None,
                "drilldown": [_drilldown(rid, runs[rid], drill[rid]) for rid in g["runs"] if rid in drill]}
               for gi, g in enumerate(board["groups"])]
     sweep_groups = [{"title": g["title"], "protocol": g["protocol"], "notes": g["notes"], "sweeps": [

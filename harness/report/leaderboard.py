@@ -23,7 +23,7 @@ from editbench.evaluation.validity import validity_note
 from editbench.report.health import (UNKNOWN_CLASS, HealthThresholds, assess, best_per_class, class_legend,
                                      class_rank, health_detail, is_flagged, non_finite_counts, reference_health,
                                      resolve_class)
-from editbench.report.model import (MISSING, REFERENCE_METHOD, Run, Sweep, as_number,
+from editbench.report.model import (MISSING, REFERENCE_METHOD, Run, Sweep, as_number, retention_of,
                                     code_version_label, direction_overrides, is_reference, items_file,
                                     newer_than_summary, normalize_agg, protocol_diff, protocol_of, read_cases,
                                     run_metrics)
@@ -81,10 +81,13 @@ def group_runs(runs: Sequence[Run], sweeps: bool = False) -> list[Group]:
                                                  g.runs[0].rid))
     by_label: dict[tuple, list[Group]] = {}
     for g in out:
-        by_label.setdefault((g.protocol["benchmark"], g.protocol["split"], g.protocol["model"]), []).append(g)
-    for (bench, split, model), gs in by_label.items():
+        by_label.setdefault((g.protocol["benchmark"], g.protocol["split"], g.protocol["model"],
+                             g.protocol.get("edits")), []).append(g)
+    for (bench, split, model, _edits), gs in by_label.items():
         for i, g in enumerate(gs):
             g.title = f"{bench} sweep — {model}" if sweeps else f"{bench} / {split} — {model}"
+            if g.protocol.get("edits") not in (None, "single edit"):
+                g.title += f" — {g.protocol['edits']}"
             if len(gs) > 1:
                 g.title += f" (protocol {chr(ord('A') + i)})"
                 for j, other in enumerate(gs):
@@ -186,7 +189,7 @@ def build_group(g: Group, defaults_cache: dict[str, dict | None], classes_cache:
         else None
     return {"title": g.title, "protocol": g.protocol, "metrics": metrics, "headline": headline,
             "other_metrics": [m for m in metrics if m not in headline], "runs": [r.rid for r in g.runs],
-            "rows": rows, "best": best, "notes": notes}
+            "rows": rows, "best": best, "notes": notes, "retention": retention_of(g.runs)}
 
 
 def provenance(run: Run) -> dict:
@@ -392,6 +395,9 @@ def worst_cases(run: Run, k: int, headline: Sequence[str], records: Sequence[dic
     """The k worst cases per strength by the drill-down metric, with prompts and targets
     (``records``: the run's per-case records, read from its directory when not given)."""
     records = read_cases(run.path) if records is None else records
+    cps = [int(r["checkpoint"]) for r in records if isinstance(r.get("checkpoint"), int)]
+    if cps:  # a sequential run: the cases on its final model (earlier checkpoints are in the retention table)
+        records = [r for r in records if r.get("checkpoint") == max(cps)]
     metric = drilldown_metric(records)
     if metric is None:
         return {"metric": None, "points": {}, "note": "no per-case records in a known format"}

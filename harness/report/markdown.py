@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from editbench.report.health import health_text
-from editbench.report.model import MISSING, pareto_cell, short
+from editbench.report.model import MISSING, pareto_cell, retention_cells, short
 
 _NEWLINES = re.compile(r"\r\n|[\r\n]")
 # a pipe, with the backslashes right before it (which would otherwise escape our escape)
@@ -172,6 +172,12 @@ def render_markdown(board: dict, figures: dict[int, list[tuple[str, str]]] | Non
         out += _md_best(g.get("best"))
         if g["other_metrics"]:
             out += ["Other metrics:", ""] + _md_table(g["rows"], g["other_metrics"]) + [""]
+        if g.get("retention"):
+            header, rows = retention_cells(g["retention"])
+            out += ["Retention (sequential editing): after `edits` edits, the first `cases` cases on the edited "
+                    "model; `neutral_kl` is the model's, once per checkpoint:", "",
+                    _row([text(h) for h in header]), "|" + "---|" * len(header)]
+            out += [_row([text(c) for c in r]) for r in rows] + [""]
         for title, rel in (figures or {}).get(gi, []):
             out += [f"![{link_text(title)}]({rel})", ""]
         if g["notes"]:

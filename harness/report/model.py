@@ -315,12 +315,23 @@ def protocol_of(run: Run) -> dict:
     return {"benchmark": run.benchmark, "split": run.split, "model": run.model_id,
             "weights_sha256": run.weights_sha, "data_sha256": dict(run.data_hashes), "dtype": run.dtype,
             # `run --cases`: another population of cases, whose unedited reference differs
-            "cases": str(run.config.get("cases") or "all")}
+            "cases": str(run.config.get("cases") or "all"),
+            # many edits in one model (`run --sequential` / `--edit-batch-size`): another protocol
+            "edits": edits_protocol(run.config)}
+
+
+def edits_protocol(config: dict) -> str:
+    """``single``, ``batch of B`` or ``sequential, batches of B`` (the many-edit protocol of a run)."""
+    b = config.get("edit_batch_size") or 1
+    if config.get("sequential"):
+        return f"sequential, {b} edit(s) at a time"
+    return "single edit" if b == 1 else f"batches of {b} edits"
 
 
 PROTOCOL_LABELS = {"benchmark": "benchmark", "split": "benchmark split", "model": "model",
                    "weights_sha256": "model weights sha256", "data_sha256": "data file sha256",
-                   "dtype": "dtype", "cases": "case selection", "settings": "sweep settings"}
+                   "dtype": "dtype", "cases": "case selection", "edits": "editing protocol",
+                   "settings": "sweep settings"}
 
 
 def protocol_diff(a: dict, b: dict) -> list[str]:
@@ -367,3 +378,49 @@ def normalize_agg(a: Any) -> dict | None:
     if None in ci:
         ci = [None, None]
     return {"mean": float(a["mean"]), "ci95": ci, "std": a.get("std"), "n": a.get("n")}
+
+
+#: the columns of a sequential run's retention table and figure (neutral_kl: one number per checkpoint)
+RETENTION_METRICS = ("efficacy", "generalization", "specificity", "score", "ee_rewrite_acc", "ee_locality")
+
+
+def retention_of(runs: Sequence[Run]) -> list[dict]:
+    """Per sequential run (``summary["checkpoints"]``): its checkpoints in edit order, each with the
+    aggregates over the first T cases after T edits."""
+    out = []
+    for r in runs:
+        cps = r.summary.get("checkpoints")
+        if not isinstance(cps, dict) or not cps:
+            continue
+        proto = r.summary.get("protocol") if isinstance(r.summary.get("protocol"), dict) else {}
+        rows = []
+        for T, agg in sorted(cps.items(), key=lambda kv: _int(kv[0])):
+            if not isinstance(agg, dict) or _int(T) < 1:
+                continue
+            rows.append({"edits": _int(T), "n_cases": agg.get("n_cases"),
+                         "metrics": {m: normalize_agg(agg.get(m)) for m in (*RETENTION_METRICS, "neutral_kl")}})
+        out.append({"run": r.rid, "method": r.method, "composition": proto.get("composition"),
+                    "edit_batch_size": proto.get("edit_batch_size", 1), "checkpoints": rows})
+    return out
+
+
+def _int(v: Any) -> int:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return 0
+
+
+def retention_cells(retention: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of plain-text cells for a retention table (escaped by each renderer)."""
+    def cell(a: dict | None, digits: str = ".1f") -> str:
+        if a is None or a.get("mean") is None:
+            return MISSING
+        lo, hi = (a.get("ci95") or [None, None])[:2]
+        return f"{a['mean']:{digits}}" + ("" if lo is None else f" [{lo:{digits}}, {hi:{digits}}]")
+
+    header = ["method", "run", "edits", "cases", *RETENTION_METRICS, "neutral_kl"]
+    rows = [[ret["method"], ret["run"], str(c["edits"]), str(c["n_cases"]),
+             *(cell(c["metrics"][m]) for m in RETENTION_METRICS), cell(c["metrics"]["neutral_kl"], ".3g")]
+            for ret in retention for c in ret["checkpoints"]]
+    return header, rows

@@ -277,3 +277,48 @@ def tradeoff_figure(group: dict) -> tuple[str, bytes, str] | None:
     save_figure(fig, svg, "svg")
     title = "trade-off: " + ", ".join(f"{y} vs {x}" for x, y in pairs)
     return title, png.getvalue(), svg.getvalue()
+
+
+def retention_figure(group: dict) -> tuple[str, bytes, str] | None:
+    """Retention curves of a group's sequential runs: a panel per metric (efficacy, generalization,
+    specificity over the first T cases, and the model's neutral_kl) against the number of edits in
+    force (log scale), a line per run with its 95% CIs."""
+    ret = group.get("retention") or []
+    if not ret:
+        return None
+    import seaborn as sns
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    panels = [("efficacy", "efficacy (x100)"), ("generalization", "generalization (x100)"),
+              ("specificity", "specificity (x100)"), ("neutral_kl", "neutral_kl (nats)")]
+    colors = sns.color_palette(SERIES_PALETTE, max(len(ret), 1))
+    fig = Figure(figsize=(4.2 * len(panels), 4.0 + 0.22 * ((len(ret) + 2) // 3)), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    for k, (metric, label) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), k + 1)
+        for i, (c, r) in enumerate(zip(colors, ret)):
+            pts = [(cp["edits"], cp["metrics"].get(metric)) for cp in r["checkpoints"]]
+            pts = [(t, a) for t, a in pts if a and a.get("mean") is not None]
+            if not pts:
+                continue
+            xs, ys = [t for t, _ in pts], [a["mean"] for _, a in pts]
+            if all((a.get("ci95") or [None])[0] is not None for _, a in pts):
+                err = np.clip([[a["mean"] - a["ci95"][0] for _, a in pts], [a["ci95"][1] - a["mean"] for _, a in pts]],
+                              0, None)
+                ax.errorbar(xs, ys, yerr=err, fmt="none", ecolor=c, alpha=0.3, lw=1)
+            ax.plot(xs, ys, "-", marker=SERIES_MARKERS[i % len(SERIES_MARKERS)], color=c, ms=4.5, lw=1.4,
+                    label=plain(f"{r['method']} ({r['run']}, batch {r['edit_batch_size']})"))
+        ax.set_xscale("log")
+        ax.set_xlabel("edits in force")
+        ax.set_ylabel(plain(label))
+        ax.set_title(plain(metric), fontsize=10)
+        ax.grid(alpha=0.3)
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(3, max(len(labels), 1)), fontsize=7.5,
+               frameon=False)
+    fig.suptitle(plain(group["title"]), fontsize=10)
+    png, svg = io.BytesIO(), io.StringIO()
+    save_figure(fig, png, "png")
+    save_figure(fig, svg, "svg")
+    return "retention: efficacy, generalization, specificity and neutral_kl vs edits in force", png.getvalue(), svg.getvalue()

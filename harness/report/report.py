@@ -23,7 +23,7 @@ from editbench.report.html import render_html
 from editbench.report.leaderboard import build_leaderboard, worst_cases
 from editbench.report.markdown import render_markdown
 from editbench.report.model import MISSING, Run, Sweep, discover  # noqa: F401 - MISSING, Run, Sweep: public API
-from editbench.report.plotting import sweep_figure, tradeoff_figure
+from editbench.report.plotting import retention_figure, sweep_figure, tradeoff_figure
 
 __all__ = ["MISSING", "Run", "Sweep", "add_subcommand", "write_report"]
 
@@ -34,11 +34,11 @@ def _slug(text: str) -> str:
 
 
 def _prune_figures(folder: Path, written: set[str]) -> None:
-    """Remove the report's own figure files (``tradeoff-*``, ``sweep-*``) that this run did not write:
+    """Remove the report's own figure files (``tradeoff-*``, ``retention-*``, ``sweep-*``) that this run did not write:
     table numbers and titles change when runs are added, so regenerating a committed report into the
     same folder would otherwise leave figures that nothing links to. Other files are left alone."""
     for p in folder.glob("*"):
-        if (p.is_file() and p.suffix in (".png", ".svg") and p.name.startswith(("tradeoff-", "sweep-"))
+        if (p.is_file() and p.suffix in (".png", ".svg") and p.name.startswith(("tradeoff-", "retention-", "sweep-"))
                 and p.stem not in written):
             p.unlink()
 
@@ -67,16 +67,17 @@ def write_report(inputs: Sequence[str | Path], out_dir: str | Path, worst: int =
     if figures:
         (out / "figures").mkdir(exist_ok=True)
         for gi, g in enumerate(board["groups"]):
-            fig = tradeoff_figure(g)
-            if fig is None:
-                continue
-            title, png, svg = fig
-            name = f"figures/tradeoff-{gi}-{_slug(g['title'])}"
-            (out / f"{name}.png").write_bytes(png)
-            (out / f"{name}.svg").write_text(svg, encoding="utf-8")
-            figs_src.setdefault(gi, []).append((title, src(png, f"{name}.png")))
-            figs_md.setdefault(gi, []).append((title, f"{name}.png"))
-            g.setdefault("figures", []).append(f"{name}.png")
+            for kind, make in (("tradeoff", tradeoff_figure), ("retention", retention_figure)):
+                fig = make(g)
+                if fig is None:
+                    continue
+                title, png, svg = fig
+                name = f"figures/{kind}-{gi}-{_slug(g['title'])}"
+                (out / f"{name}.png").write_bytes(png)
+                (out / f"{name}.svg").write_text(svg, encoding="utf-8")
+                figs_src.setdefault(gi, []).append((title, src(png, f"{name}.png")))
+                figs_md.setdefault(gi, []).append((title, f"{name}.png"))
+                g.setdefault("figures", []).append(f"{name}.png")
     sweep_src, sweep_md = {}, {}
     if figures:
         by_sid = {sw.rid: sw for sw in sweeps}

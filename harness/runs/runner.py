@@ -29,7 +29,10 @@ from editbench.runs.rundir import ResultDir
 
 # Keys whose change alters results: a run directory refuses to resume under different values.
 RESULT_KEYS = ("model", "benchmark", "split", "method", "method_params", "strengths", "seed", "dtype",
-               "generation", "max_new_tokens", "dataset", "cases")
+               "generation", "max_new_tokens", "dataset", "cases", "sequential", "edit_batch_size", "checkpoints")
+#: many-edit keys left out of config.json at their defaults, so single-edit runs written before they
+#: existed still resume
+MANY_EDIT_DEFAULTS = {"sequential": False, "checkpoints": None, "edit_batch_size": 1}
 #: ``--cases`` selections: which of a split's cases a run evaluates (None: all, in file order)
 CASE_SELECTIONS = ("with-subject-facts",)
 # Inputs whose content must not change under a run's records (checked on resume).
@@ -55,6 +58,11 @@ class RunConfig(CommonConfig):
     dataset: str | None = None
     #: a selection of the split's cases (:data:`CASE_SELECTIONS`), applied before ``limit``
     cases: str | None = None
+    #: many edits (:mod:`editbench.runs.sequential`): edits stay in force and accumulate, evaluated
+    #: at ``checkpoints``; ``edit_batch_size`` edits are fitted at once (also without ``sequential``)
+    sequential: bool = False
+    checkpoints: list[int] | None = None
+    edit_batch_size: int = 1
 
     def validate(self) -> None:
         self.validate_common()
@@ -67,6 +75,20 @@ class RunConfig(CommonConfig):
             raise ConfigError("--out must not be empty (leave it out for the default directory)")
         if not isinstance(self.method_params, dict):
             raise ConfigError(f"method_params must be a mapping, got {self.method_params!r}")
+        if isinstance(self.edit_batch_size, bool) or not isinstance(self.edit_batch_size, int) or self.edit_batch_size < 1:
+            raise ConfigError(f"--edit-batch-size must be an integer >= 1, got {self.edit_batch_size!r}")
+        if self.checkpoints is not None:
+            if not self.sequential:
+                raise ConfigError("--checkpoints needs --sequential")
+            cps = self.checkpoints
+            if (not isinstance(cps, list) or not cps or any(isinstance(t, bool) or not isinstance(t, int) for t in cps)
+                    or any(t < 1 for t in cps)):
+                raise ConfigError(f"--checkpoints must be positive integers, got {cps!r}")
+            if any(b <= a for a, b in zip(cps, cps[1:])):
+                raise ConfigError(f"--checkpoints must be strictly increasing, got {','.join(map(str, cps))}")
+        if self.edit_batch_size > 1 and not self.sequential and self.chunk_size % self.edit_batch_size:
+            # a chunk holds whole batches, so a resumed run fits exactly the batches of an uninterrupted one
+            self.chunk_size += self.edit_batch_size - self.chunk_size % self.edit_batch_size
         if self.cases is not None and self.cases not in CASE_SELECTIONS:
             raise ConfigError(f"unknown --cases selection {self.cases!r} (choose from: {', '.join(CASE_SELECTIONS)})")
         if self.dataset is not None:
@@ -152,9 +174,12 @@ class RunWorker:
         bench_cls = registry.load("benchmark", cfg.benchmark)
         bench = bench_cls(data_root=cfg.data_root, split=cfg.split, **dataset_kwargs(bench_cls, cfg.dataset))
         self.method = registry.load("method", cfg.method)(lm, cfg.method_params, seed=cfg.seed)
+        many = {"edit_batch_size": cfg.edit_batch_size} if cfg.edit_batch_size > 1 else {}
+        if cfg.sequential:  # per-case health probes would measure one shared model T times: per checkpoint instead
+            many["health"] = False
         self.evaluator = bench.make_evaluator(lm, self.method, strengths=cfg.strengths, batch_size=cfg.batch_size,
                                               generation=cfg.generation, max_new_tokens=cfg.max_new_tokens,
-                                              seed=cfg.seed)
+                                              seed=cfg.seed, **many)
 
     def __call__(self, chunk: list) -> list[dict]:
         return list(self.evaluator.evaluate(chunk))
@@ -179,6 +204,13 @@ def execute(cfg: RunConfig, progress: bool = True, on_chunk: Callable[[int], Non
     cfg.split = bench.split
     cases = load_cases(bench, cfg)  # validates data before anything is written
     params = resolve_params(method_cls, cfg.method_params)  # validates hyperparameters, no model needed
+    if cfg.sequential or cfg.edit_batch_size > 1:
+        from editbench.runs.sequential import check_plan
+
+        if cfg.sequential and executor.backend != "serial":
+            raise ConfigError("--sequential is one chain of edits: it runs serially (leave out --backend ray)")
+        cfg.checkpoints = check_plan(method_cls, len(cases), cfg.checkpoints, cfg.edit_batch_size, cfg.strengths,
+                                     cfg.sequential) or None
     out = ResultDir(Path(cfg.out) if cfg.out else cfg.default_out(params))
     cfg.out = str(out.path)
     with out.writing(wait=wait):
@@ -186,6 +218,9 @@ def execute(cfg: RunConfig, progress: bool = True, on_chunk: Callable[[int], Non
         work = RunWork(cfg)
         local = work.bind(lm)
         resolved = dataclasses.asdict(cfg)
+        for k, v in MANY_EDIT_DEFAULTS.items():
+            if resolved[k] == v:
+                del resolved[k]
         resolved["method_params"] = dict(params)
         resolved["data_root"] = str(bench.data_root)
         data = bench.provenance()
@@ -197,6 +232,9 @@ def execute(cfg: RunConfig, progress: bool = True, on_chunk: Callable[[int], Non
         existing = out.load_records(CASES, required=RECORD_FIELDS)
         previous_versions = (out.previous_summary() or {}).get("versions")
         code = code_version(code_versions)
+        if cfg.sequential:
+            return _sequential(out, cfg, cases, work, local, executor, existing, code, code_versions,
+                               previous_versions, bench, data, resolved, progress)
         done = {(r["case_id"], r["strength"]) for r in existing}
         n_done = sum(all((c.case_id, s) in done for s in cfg.strengths) for c in cases)
         # chunks are aligned on the case list (a resumed run batches as an uninterrupted one); a chunk
@@ -244,6 +282,40 @@ def execute(cfg: RunConfig, progress: bool = True, on_chunk: Callable[[int], Non
         return out.write_summary(summary, "run")
 
 
+def _sequential(out: ResultDir, cfg: RunConfig, cases: list, work: RunWork, local: RunWorker, executor: Executor,
+                existing: list[dict], code: dict, code_versions: dict, previous_versions: dict | None, bench,
+                data: dict, resolved: dict, progress: bool) -> dict:
+    """A ``--sequential`` run (:mod:`editbench.runs.sequential`): its records and summary."""
+    from editbench.runs.sequential import SequentialRun, summarize_checkpoints
+
+    t0 = time.time()
+    root = getattr(local.evaluator.probe, "data_root", None) or getattr(bench, "_scope_root", lambda: None)()
+    run = SequentialRun(out, local, cases, cfg.checkpoints, cfg.edit_batch_size, cfg.strengths[0], cfg.seed, code,
+                        data_root=root, progress=progress, chunk_size=cfg.chunk_size)
+    records, health = run.run([r for r in existing if "checkpoint" in r])
+    note = _non_finite_note(records)
+    if note:
+        print(f"editbench: {note}", file=sys.stderr)
+    checkpoints = summarize_checkpoints(records, health)
+    last = [r for r in records if r["checkpoint"] == cfg.checkpoints[-1]]
+    single = local.evaluator.summarize(last)  # the final model on every case: the "points" view of the run
+    final_kl = (checkpoints.get(str(cfg.checkpoints[-1])) or {}).get("neutral_kl")
+    if final_kl is not None:  # the model's health, once per state: the report's health check reads it here
+        single["pre"]["neutral_kl"] = {"mean": 0.0, "n": 1, "ci95": [0.0, 0.0], "std": 0.0}
+        for p in single["points"].values():
+            p["post"]["neutral_kl"] = {**final_kl, "ci95": [final_kl["mean"]] * 2, "std": 0.0}
+    summary = {
+        "config": resolved, "versions": code_versions, "record_code": record_code_counts(records, previous_versions),
+        "model": executor.model_provenance(work, lm := local.lm), "model_numel": sum(p.numel() for p in lm.model.parameters()),
+        "method_class": local.method.effective_class, "data": data,
+        "wall_seconds_this_invocation": round(time.time() - t0, 2),
+        "protocol": {"sequential": True, "edit_batch_size": cfg.edit_batch_size, "checkpoints": cfg.checkpoints,
+                     "composition": local.method.composition},
+        **single, "checkpoints": checkpoints,
+    }
+    return out.write_summary(summary, "run")
+
+
 # ---------------------------------------------------------------------------------------------
 def _fmt(agg: dict | None) -> str:
     if not agg or agg.get("mean") is None:
@@ -280,4 +352,19 @@ def format_grid_table(runs: list[tuple[dict, dict]], metrics: tuple[str, ...] = 
         cfg = ", ".join(f"{k}={v}" for k, v in point.items()) or "default"
         for s, p in summary["points"].items():
             lines.append(f"| {cfg} | {float(s):g} | " + " | ".join(_fmt(p["post"].get(m)) for m in present) + " |")
+    return "\n".join(lines)
+
+
+def format_checkpoints(summary: dict, metrics: tuple[str, ...] = ("efficacy", "generalization", "specificity",
+                                                                   "score", "ee_rewrite_acc", "ee_locality")) -> str:
+    """A sequential run's retention table: one row per checkpoint (edits in force), its cases'
+    metrics with 95% CIs and the model's neutral_kl."""
+    cps = summary.get("checkpoints") or {}
+    first = next(iter(cps.values()), {})
+    present = [m for m in metrics if m in first]
+    lines = ["| edits | cases | " + " | ".join(present) + " | neutral_kl |", "|---|---|" + "---|" * (len(present) + 1)]
+    for T, agg in cps.items():
+        kl = (agg.get("neutral_kl") or {}).get("mean")
+        lines.append(f"| {T} | {agg.get('n_cases')} | " + " | ".join(_fmt(agg.get(m)) for m in present)
+                     + f" | {'-' if kl is None else f'{kl:.3g}'} |")
     return "\n".join(lines)
