@@ -37,7 +37,7 @@ from typing import Sequence
 import torch
 
 from editbench import ConfigError, EditRequest, LoadedModel, WeightIntervention
-from editbench.methods.memit import MEMIT, compute_memit_deltas
+from editbench.methods.memit import MEMIT, compute_memit_deltas, memit_targets
 from editbench.methods.rome import subject_keys
 from editbench.modeling.weights import WeightEditTransaction
 
@@ -105,9 +105,15 @@ class AlphaEdit(MEMIT):
     def fit_edit(self, request: EditRequest) -> AlphaEditIntervention:
         return self.fit_edits([request])
 
-    def fit_edits(self, requests: Sequence[EditRequest]) -> AlphaEditIntervention:
+    def fit_each(self, requests: Sequence[EditRequest]) -> list[AlphaEditIntervention]:
+        """Independent one-edit AlphaEdit updates whose MEMIT targets are optimised together."""
+        zs = memit_targets(self.lm, requests, self.params, self.layers[-1])
+        return [self.fit_edits([r], targets=[z]) for r, z in zip(requests, zs)]
+
+    def fit_edits(self, requests: Sequence[EditRequest], targets=None) -> AlphaEditIntervention:
         lm = self.lm
-        deltas = compute_memit_deltas(lm, list(requests), self.params, self.layers, self.C, solve=self._solve)
+        deltas = compute_memit_deltas(lm, list(requests), self.params, self.layers, self.C, solve=self._solve,
+                                      targets=targets)
         with WeightEditTransaction(lm.adapter, deltas):  # the keys later edits preserve: on the updated model
             per = [subject_keys(lm, r, self.layers) for r in requests]
         keys = {l: torch.stack([k[l] for k in per], 1).float().cpu() for l in self.layers}

@@ -58,7 +58,7 @@ import torch
 
 from editbench import ColumnDelta, ConfigError, EditRequest, LoadedModel, Method, WeightIntervention
 from editbench.modeling.scoring import encode_prompt
-from editbench.methods.rome import (check_finite, default_rome_layer, optimise_delta, ridge_solve, right_padded,
+from editbench.methods.rome import (check_finite, default_rome_layer, optimise_in_batches, ridge_solve, right_padded,
                                     second_moments, subject_keys, subject_position)
 from editbench.modeling.hooks import capture
 from editbench.modeling.weights import WeightEditTransaction
@@ -113,18 +113,27 @@ def memit_solve(params: "MEMIT.Params") -> Callable[[int, torch.Tensor, torch.Te
     return solve
 
 
+def memit_targets(lm: LoadedModel, requests: Sequence[EditRequest], params: "MEMIT.Params",
+                  last_layer: int) -> list[torch.Tensor]:
+    """``z_i = h_i^L + delta_i`` of each request (ROME's value optimisation at the output of layer
+    ``L``), :data:`~editbench.methods.rome.VALUE_BATCH` requests per batched optimisation."""
+    fits = optimise_in_batches(lm, requests, lm.adapter.layers[last_layer], params)
+    return [f.v_ref + f.delta for f in fits]
+
+
 def compute_memit_deltas(lm: LoadedModel, requests: Sequence[EditRequest], params: "MEMIT.Params",
                          layers: Sequence[int] | None = None, moments: Mapping[int, torch.Tensor] | None = None,
                          details_out: dict | None = None,
-                         solve: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-                         ) -> list[ColumnDelta]:
+                         solve: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                         targets: Sequence[torch.Tensor] | None = None) -> list[ColumnDelta]:
     """MEMIT's update for a batch of edits: one ColumnDelta per layer of the range (formulas in the
     module docstring). ``layers`` default to ``params.layers`` or :func:`default_memit_layers`;
     ``moments`` (``{layer: C_l}``) to :func:`~editbench.methods.rome.second_moments`.
     ``details_out`` receives ``z`` ``[hidden, n]`` and per layer (``details_out[l]``) the keys ``K``,
     the current residual ``H``, the residual share ``resid``, the ``R`` applied and ``C``.
     ``solve(layer, K, C)`` gives the key side ``down`` of ``Delta W_l = R down^T`` (float64 ``[in,
-    n]``; default :func:`memit_solve`): AlphaEdit changes only this."""
+    n]``; default :func:`memit_solve`): AlphaEdit changes only this. ``targets``: the ``z_i``
+    already optimised (:func:`memit_targets`), e.g. for many independent edits at once."""
     solve = solve or memit_solve(params)
     if not requests:
         raise ConfigError("MEMIT: no edit requests given")
@@ -136,14 +145,10 @@ def compute_memit_deltas(lm: LoadedModel, requests: Sequence[EditRequest], param
     if moments is None:
         moments = second_moments(lm, layers, params.mom2_n_tokens, params.cov_file)
     L = layers[-1]
-    # 1. target residuals z_i at layer L (unedited model)
-    zs = []
-    for r in requests:
-        fit = optimise_delta(lm, r, ad.layers[L], steps=params.steps, lr=params.lr, kl_factor=params.kl_factor,
-                             weight_decay=params.weight_decay, clamp_norm_factor=params.clamp_norm_factor,
-                             stop_loss=params.stop_loss)
-        zs.append(fit.v_ref + fit.delta)
-    Z = torch.stack(zs, 1).double()  # [hidden, n]
+    # 1. target residuals z_i at layer L (unedited model), VALUE_BATCH edits per optimisation
+    if targets is None:
+        targets = memit_targets(lm, requests, params, L)
+    Z = torch.stack(list(targets), 1).double()  # [hidden, n]
     if details_out is not None:
         details_out["z"] = Z.float()
     post_norm = ad.block_has_post_norm("mlp")
@@ -222,6 +227,13 @@ class MEMIT(Method):
 
     def fit_edit(self, request: EditRequest) -> WeightIntervention:
         return WeightIntervention(compute_memit_deltas(self.lm, [request], self.params, self.layers, self.C))
+
+    def fit_each(self, requests: Sequence[EditRequest]) -> list[WeightIntervention]:
+        """Independent one-edit MEMIT updates whose targets are optimised together (the spreading
+        stays per edit: each edit's update is computed on the unedited model, as ``fit_edit``'s)."""
+        zs = memit_targets(self.lm, requests, self.params, self.layers[-1])
+        return [WeightIntervention(compute_memit_deltas(self.lm, [r], self.params, self.layers, self.C, targets=[z]))
+                for r, z in zip(requests, zs)]
 
     def fit_edits(self, requests: Sequence[EditRequest]) -> WeightIntervention:
         """A batch of edits in one least-squares update per layer (MEMIT's own batch form)."""

@@ -345,63 +345,106 @@ def optimise_delta(lm: LoadedModel, request: EditRequest, module: torch.nn.Modul
     ``module``'s output (first element) at the subject's last token of every context and of the
     essence prompt; loss = mean context NLL of target_new + KL + weight decay, L2-clamped after every
     step (formulas in the module docstring). Weights are never touched."""
+    return optimise_deltas(lm, [request], module, steps=steps, lr=lr, kl_factor=kl_factor,
+                           weight_decay=weight_decay, clamp_norm_factor=clamp_norm_factor, stop_loss=stop_loss,
+                           prefixes=prefixes)[0]
+
+
+def optimise_deltas(lm: LoadedModel, requests: Sequence[EditRequest], module: torch.nn.Module, *, steps: int,
+                    lr: float, kl_factor: float, weight_decay: float, clamp_norm_factor: float, stop_loss: float,
+                    prefixes: Sequence[str] = CONTEXT_PREFIXES) -> list[ValueFit]:
+    """:func:`optimise_delta` for several edits at once: one batched forward/backward per step over
+    every edit's contexts, each edit with its own ``delta`` at its own subject positions, its own
+    loss, clamp and early stop. The loss summed over edits has each edit's loss as the only term
+    depending on its ``delta``, and Adam is elementwise, so each ``delta`` follows the very steps it
+    would alone; an edit that stopped keeps its value while the others go on. Equal to fitting one
+    at a time up to the float effects of the batch's shape (right padding, matmul tiling)."""
     ad, tok = lm.adapter, lm.tokenizer
-    tgt = encode_target(tok, request.target_new)
-    contexts = [p + request.prompt for p in prefixes]
-    kl_prompt = KL_TEMPLATE.format(subject=request.subject)
-    enc = [encode_prompt(tok, q) for q in contexts]
-    seqs = [e + tgt[:-1] for e in enc] + [encode_prompt(tok, kl_prompt)]
-    subj = [subject_position(lm, q, request.subject) for q in contexts] + [subject_position(lm, kl_prompt, request.subject)]
+    n_ctx, n = len(prefixes), len(requests)
+    seqs, subj, rows, cols, tgt_ids, lens, first_row = [], [], [], [], [], [], []
+    for i, r in enumerate(requests):
+        tgt = encode_target(tok, r.target_new)
+        contexts = [p + r.prompt for p in prefixes]
+        kl_prompt = KL_TEMPLATE.format(subject=r.subject)
+        enc = [encode_prompt(tok, q) for q in contexts]
+        base = len(seqs)
+        first_row.append(base)
+        seqs += [e + tgt[:-1] for e in enc] + [encode_prompt(tok, kl_prompt)]
+        subj += [subject_position(lm, q, r.subject) for q in contexts] + [subject_position(lm, kl_prompt, r.subject)]
+        rows += [base + c for c in range(n_ctx) for _ in range(len(tgt))]
+        cols += [len(e) - 1 + j for e in enc for j in range(len(tgt))]
+        tgt_ids += tgt * n_ctx
+        lens.append(len(tgt))
     ids, mask = right_padded(lm, seqs)
     B, T = ids.shape
-    n_ctx, K = len(contexts), len(tgt)
     dev = lm.device
     subj_mask = torch.zeros(B, T, dtype=torch.bool, device=dev)
     subj_mask[torch.arange(B, device=dev), torch.tensor(subj, device=dev)] = True
-    rows = torch.tensor([r for r in range(n_ctx) for _ in range(K)], device=dev)
-    cols = torch.tensor([len(e) - 1 + j for e in enc for j in range(K)], device=dev)
-    tgt_ids = torch.tensor(tgt * n_ctx, device=dev)
+    owner = torch.tensor([i for i in range(n) for _ in range(n_ctx + 1)], device=dev)  # the edit of each row
+    rows_t, cols_t, tgt_t = (torch.tensor(x, device=dev) for x in (rows, cols, tgt_ids))
+    kl_rows = torch.tensor([b + n_ctx for b in first_row], device=dev)
+    kl_cols = torch.tensor([subj[b + n_ctx] for b in first_row], device=dev)
+    spans, k = [], 0  # each edit's slice of the target positions
+    for L in lens:
+        spans.append((k, k + n_ctx * L))
+        k += n_ctx * L
 
     state: dict[str, torch.Tensor] = {}
 
     def add_delta(_m, _inp, out):
         x = out[0] if isinstance(out, tuple) else out
-        if "delta" not in state:  # the first (unedited) pass records ROME's target_init
-            state["v_ref"] = x[0, subj[0]].detach().float().clone()
+        if "delta" not in state:  # the first (unedited) pass records each edit's ROME target_init
+            state["v_ref"] = torch.stack([x[b, subj[b]].detach().float() for b in first_row]).clone()
             return None
-        new = x + subj_mask.unsqueeze(-1).to(x.dtype) * state["delta"].to(x.dtype)
+        new = x + subj_mask.unsqueeze(-1).to(x.dtype) * state["delta"][owner].unsqueeze(1).to(x.dtype)
         return (new, *out[1:]) if isinstance(out, tuple) else new
 
-    def forward() -> tuple[torch.Tensor, torch.Tensor]:
+    def forward() -> tuple[list[torch.Tensor], torch.Tensor]:
         hidden = ad.base(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        logp = torch.log_softmax(ad.logits(hidden[rows, cols]).float(), -1)
-        nll = -logp.gather(1, tgt_ids.unsqueeze(1)).view(n_ctx, K).mean()
-        kl_logp = torch.log_softmax(ad.logits(hidden[n_ctx, subj[n_ctx]].unsqueeze(0)).float(), -1)
+        logp = torch.log_softmax(ad.logits(hidden[rows_t, cols_t]).float(), -1)
+        tok_nll = -logp.gather(1, tgt_t.unsqueeze(1)).squeeze(1)
+        nll = [tok_nll[a:b].mean() for a, b in spans]
+        kl_logp = torch.log_softmax(ad.logits(hidden[kl_rows, kl_cols]).float(), -1)
         return nll, kl_logp
 
-    losses: list[float] = []
+    losses: list[list[float]] = [[] for _ in range(n)]
+    active = [True] * n
     with hooked(module, add_delta), torch.enable_grad():
         with torch.no_grad():
-            _, kl_init = forward()  # unedited: the KL reference distribution and v_ref
+            _, kl_init = forward()  # unedited: the KL reference distributions and v_ref
         v_ref = state["v_ref"]
         delta = state["delta"] = torch.zeros_like(v_ref, requires_grad=True)
         opt = torch.optim.Adam([delta], lr=lr)
-        max_norm = clamp_norm_factor * v_ref.norm()
-        for _ in range(steps + 1):
+        max_norm = clamp_norm_factor * v_ref.norm(dim=1)
+        ref_norm2 = v_ref.norm(dim=1).clamp_min(1e-12) ** 2
+        for step in range(steps + 1):
             nll, kl_logp = forward()
-            kl = F.kl_div(kl_init, kl_logp, log_target=True, reduction="batchmean")
-            loss = nll + kl_factor * kl + weight_decay * delta.norm() / v_ref.norm().clamp_min(1e-12) ** 2
-            losses.append(loss.item())
-            if loss.item() < stop_loss or len(losses) > steps:
+            total = None
+            for i in range(n):
+                kl = F.kl_div(kl_init[i:i + 1], kl_logp[i:i + 1], log_target=True, reduction="batchmean")
+                loss = nll[i] + kl_factor * kl + weight_decay * delta[i].norm() / ref_norm2[i]
+                if not active[i]:
+                    continue
+                losses[i].append(loss.item())
+                if loss.item() < stop_loss or len(losses[i]) > steps:
+                    active[i] = False  # stops here, as the one-edit loop breaks before its step
+                    continue
+                total = loss if total is None else total + loss
+            if total is None:
                 break
+            frozen = delta.detach().clone()
             opt.zero_grad()
-            loss.backward()
+            total.backward()
             opt.step()
             with torch.no_grad():
-                n = delta.norm()
-                if n > max_norm:
-                    delta.mul_(max_norm / n)
-    return ValueFit(delta.detach().clone(), v_ref, losses)
+                for i in range(n):
+                    if not active[i]:
+                        delta[i] = frozen[i]
+                        continue
+                    nrm = delta[i].norm()
+                    if nrm > max_norm[i]:
+                        delta[i].mul_(max_norm[i] / nrm)
+    return [ValueFit(delta[i].detach().clone(), v_ref[i], losses[i]) for i in range(n)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,6 +459,22 @@ def rome_update(k_star: torch.Tensor, delta: torch.Tensor, C: torch.Tensor | Non
         raise ConfigError("ROME: k*^T C^-1 k* is zero or not finite (degenerate key second moment; raise mom2_ridge)")
     return ColumnDelta(layer, "mlp", slice(None), up=(delta.double() / denom).float().unsqueeze(1),
                        down=u.float().unsqueeze(1))
+
+
+#: edits whose value optimisations share one batched forward/backward (``fit_each``, MEMIT's targets):
+#: large enough to amortise a step's fixed costs on a CPU, small enough for a GPU's memory at 7B
+VALUE_BATCH = 16
+
+
+def optimise_in_batches(lm: LoadedModel, requests: Sequence[EditRequest], module: torch.nn.Module, params,
+                        batch: int = VALUE_BATCH) -> list["ValueFit"]:
+    """:func:`optimise_deltas` over consecutive groups of ``batch`` requests, with ``params``' settings."""
+    out: list[ValueFit] = []
+    for s in range(0, len(requests), batch):
+        out += optimise_deltas(lm, list(requests[s:s + batch]), module, steps=params.steps, lr=params.lr,
+                               kl_factor=params.kl_factor, weight_decay=params.weight_decay,
+                               clamp_norm_factor=params.clamp_norm_factor, stop_loss=params.stop_loss)
+    return out
 
 
 def compute_rome_delta(lm: LoadedModel, request: EditRequest, params: "ROME.Params", layer: int,
@@ -481,6 +540,15 @@ class ROME(Method):
 
     def fit_edit(self, request: EditRequest) -> WeightIntervention:
         return WeightIntervention([compute_rome_delta(self.lm, request, self.params, self.layer, self.C)])
+
+    def fit_each(self, requests: Sequence[EditRequest]) -> list[WeightIntervention]:
+        """Independent ROME edits whose value optimisations run :data:`VALUE_BATCH` at a time
+        (:func:`optimise_deltas`); each edit equals ``fit_edit``'s up to float tolerance."""
+        p, ad = self.params, self.lm.adapter
+        fits = optimise_in_batches(self.lm, requests, ad.out_proj(self.layer, "mlp"), p)
+        C = self.C if p.mom2_adjustment else None
+        return [WeightIntervention([rome_update(subject_keys(self.lm, r, [self.layer])[self.layer], f.delta, C,
+                                                self.layer, p.mom2_ridge)]) for r, f in zip(requests, fits)]
 
 
 __all__ = ["CONTEXT_PREFIXES", "KL_TEMPLATE", "ROME", "ValueFit", "check_finite", "compute_rome_delta", "compute_second_moments",

@@ -32,6 +32,7 @@ from editbench.evaluation.scope import (FLUENCY_MAX_NEW_TOKENS, HEALTH_METRICS, 
                                         subject_probes)
 from editbench.modeling.interventions import Intervention
 from editbench.modeling.loading import LoadedModel
+from editbench.plugins.method import Method
 from editbench.requests import EditCase
 from editbench.modeling.scoring import ScoreRequest, TargetScore, score_targets
 
@@ -253,6 +254,11 @@ class KnowledgeEditEvaluator:
         ivs: list[Intervention] = []
         fit_seconds: list[float] = []
         B = self.edit_batch_size
+        if B == 1 and getattr(type(self.method), "fit_each", Method.fit_each) is not Method.fit_each:  # batched fitting
+            seed_everything(self.seed)
+            t = time.perf_counter()
+            ivs = list(self.method.fit_each([c.request for c in cases]))
+            return ivs, [(time.perf_counter() - t) / len(cases)] * len(cases)
         for g in range(0, len(cases), B):
             group = cases[g:g + B]
             case = group[0]

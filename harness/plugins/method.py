@@ -70,6 +70,13 @@ class Method:
         """One knowledge edit (``"edit" in supports``)."""
         raise ConfigError(f"method '{self.name}' does not support knowledge edits")
 
+    def fit_each(self, requests: Sequence[EditRequest]) -> list[Intervention]:
+        """One independent edit per request, each what ``fit_edit`` gives it alone (up to float
+        tolerance): a method may fit them together for speed (ROME, MEMIT: one batched value
+        optimisation). The evaluator calls it for a chunk of cases only when a method overrides it;
+        by default every case is fitted on its own, after its own seeding."""
+        return [self.fit_edit(r) for r in requests]
+
     def fit_edits(self, requests: Sequence[EditRequest]) -> Intervention:
         """Several knowledge edits fitted at once into one intervention (``"batch" in supports``;
         ``editbench run --edit-batch-size``)."""
