@@ -68,6 +68,8 @@ class JudgedGeneration(AttributeBenchmark):
     common_options: ClassVar[Mapping[str, Any]] = {
         "probe": "self", "threshold": None, "max_new_tokens": 32, "temperature": 1.0, "tail": 0.25,
         "response_header": "### Response:", "template": "{instruction}"}
+    #: the direction always comes from the model's own judged responses (no fixed completions)
+    option_choices: ClassVar[Mapping[str, tuple[str, ...]]] = {"probe": ("self",)}
 
     def __init__(self, data_root=None, split=None, seed: int = 0, options=None):
         super().__init__(data_root, split, seed, options)

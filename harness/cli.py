@@ -12,7 +12,7 @@ from typing import Any
 
 from editbench import __version__
 from editbench.plugins import registry
-from editbench.errors import EditbenchError
+from editbench.errors import EditbenchError, io_error
 from editbench.modeling.loading import DEFAULT_MODEL, list_models
 
 
@@ -23,8 +23,10 @@ def _run_plan(a: argparse.Namespace) -> list[tuple[dict, Any]]:
 
     if a.out is not None and not a.out.strip():  # with --grid, Path("") / point would be the working directory
         raise EditbenchError("--out must not be empty (leave it out for the default directory)")
+    from editbench.runs.autobatch import parse_batch_size
+
     common = dict(model=a.model, benchmark=a.benchmark, split=a.split, limit=a.limit, seed=a.seed,
-                  batch_size=a.batch_size, chunk_size=a.chunk_size, device=a.device, dtype=a.dtype,
+                  batch_size=parse_batch_size(a.batch_size), chunk_size=a.chunk_size, device=a.device, dtype=a.dtype,
                   generation=a.generation, max_new_tokens=a.max_new_tokens, data_root=a.data_root,
                   dataset=a.dataset, cases=a.cases, sequential=a.sequential,
                   checkpoints=_int_list(a.checkpoints, "--checkpoints"), edit_batch_size=a.edit_batch_size)
@@ -149,6 +151,10 @@ def _cmd_sweep(a: argparse.Namespace) -> int:
     if a.limit is not None:
         cfg.limit = a.limit
         cfg.validate()
+    if a.batch_size is not None:
+        from editbench.runs.autobatch import parse_batch_size
+
+        cfg.batch_size = parse_batch_size(a.batch_size)
     if a.utility_backend is not None or a.utility_tasks is not None:
         from editbench.evaluation.utility import with_backend
 
@@ -223,7 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--limit", type=int, default=None, help="first N cases only")
     r.add_argument("--out", default=None, help="run directory (default runs/MODEL/BENCH-SPLIT/METHOD); resumes if present")
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--batch-size", type=int, default=32)
+    r.add_argument("--batch-size", default="32", metavar="B|auto",
+                   help="rows per forward pass (default 32); auto: the largest that fits on the device "
+                        "(32 on a CPU), halved on an out-of-memory error (docs/cli.md)")
     r.add_argument("--chunk-size", type=int, default=8, help="cases evaluated (and saved) together")
     r.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
     r.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
@@ -274,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("config")
     sw.add_argument("--out", default=None, help="override the config's output directory")
     sw.add_argument("--limit", type=int, default=None, help="override the config's held-out items per split")
+    sw.add_argument("--batch-size", default=None, metavar="B|auto",
+                    help="override the config's batch_size (auto: the largest that fits, halved on out-of-memory)")
     sw.add_argument("--utility-backend", default=None, help="override the config's utility backend: builtin | "
                     "lm-eval (built-in tasks become their local lm-eval tasks, arc_easy -> arc_easy_local, ...)")
     sw.add_argument("--utility-tasks", default=None, help="override the utility tasks (comma-separated names)")
@@ -333,8 +343,13 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return args.func(args)
-    except (EditbenchError, OSError) as e:  # OSError: a path is a file, permission, disk full
+    except EditbenchError as e:
         print(f"editbench: error: {one_line(str(e))}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into a command that stopped reading (head): not an error
+        return 0
+    except OSError as e:  # not caught where the file is known: named by the system when it can
+        print(f"editbench: error: {one_line(str(io_error(e, action='read or write')))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a leading newline ends a progress bar's line
         print("\neditbench: interrupted; finished cases are saved, rerun the same command to resume", file=sys.stderr)
@@ -343,8 +358,6 @@ def main(argv: list[str] | None = None) -> int:
         print("\neditbench: terminated (SIGTERM); finished cases are saved, rerun the same command to resume",
               file=sys.stderr)
         return 143
-    except BrokenPipeError:
-        return 0
     finally:
         signal.signal(signal.SIGTERM, previous)
 

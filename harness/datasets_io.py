@@ -52,7 +52,7 @@ from typing import Any, Iterator, Mapping
 from urllib.parse import parse_qsl
 
 from editbench.data import resolve_data_root, sha256_file
-from editbench.errors import ConfigError, DataError
+from editbench.errors import ConfigError, DataError, WriteError, os_reason
 
 HUB_PREFIX = "hub:"
 #: seconds the metadata request may take before the hub counts as unreachable
@@ -222,9 +222,27 @@ def _load_file(path: Path, builder: str, kwargs: dict) -> Any:
             return datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache,
                                          keep_in_memory=True, **kwargs)
         except Exception as e:  # noqa: BLE001 - datasets raises many types; the diagnosis names the problem
+            io = _write_failure(e)
+            if io is not None:  # the cache could not be written: nothing is known about the data file
+                raise WriteError(f"datasets could not write its temporary Arrow cache under {cache} while reading "
+                                 f"{path}: {os_reason(io)} (the data file itself was not judged)") from None
             if _is_empty(path, builder):
                 return None
             raise DataError(_diagnose(path, builder, e)) from None
+
+
+def _write_failure(e: BaseException) -> OSError | None:
+    """The OSError of a failed write (disk full, file too large, read-only, permission) anywhere in
+    an exception's cause / context chain, or None."""
+    import errno
+
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _has_nulls(table: Any) -> bool:

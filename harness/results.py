@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Union
 
-from editbench.errors import DataError
+from editbench.errors import DataError, writing
 
 FORMAT_VERSION = 1
 KINDS = ("run", "sweep", "attribution")
@@ -81,8 +81,24 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Atomic write (temporary file + rename): a reader sees the old or the new file, never half."""
     p = Path(path)
     tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(dumps(obj, indent=2), encoding="utf-8")
-    os.replace(tmp, p)
+    with writing(p):
+        try:
+            tmp.write_text(dumps(obj, indent=2), encoding="utf-8")
+            os.replace(tmp, p)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # no half-written temporary left behind
+            raise
+
+
+def write_file(path: str | os.PathLike, data: str | bytes) -> None:
+    """A text or binary file written whole (reports, figures, analyses); an I/O failure is one line
+    naming the file."""
+    p = Path(path)
+    with writing(p):
+        if isinstance(data, bytes):
+            p.write_bytes(data)
+        else:
+            p.write_text(data, encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,8 +198,13 @@ def rewrite_jsonl(path: str | os.PathLike, records: Iterable[Mapping]) -> None:
     """Replace the file's records atomically (writer only: e.g. dropping orphans on resume)."""
     p = Path(path)
     tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text("".join(dumps(r) + "\n" for r in records), encoding="utf-8")
-    os.replace(tmp, p)
+    with writing(p):
+        try:
+            tmp.write_text("".join(dumps(r) + "\n" for r in records), encoding="utf-8")
+            os.replace(tmp, p)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def append_jsonl(path: str | os.PathLike, records: Iterable[Mapping]) -> None:
@@ -192,7 +213,7 @@ def append_jsonl(path: str | os.PathLike, records: Iterable[Mapping]) -> None:
     text = "".join(dumps(r) + "\n" for r in records)
     if not text:
         return
-    with open(path, "a", encoding="utf-8") as f:
+    with writing(path), open(path, "a", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())

@@ -85,6 +85,7 @@ import torch
 import torch.nn.functional as F
 
 from editbench import ColumnDelta, ConfigError, EditRequest, LoadedModel, Method, WeightIntervention
+from editbench.errors import os_reason
 from editbench.data import data_file, sha256_file
 from editbench.modeling.scoring import encode_prompt, encode_target, special_prefix
 from editbench.methods.mega import subject_last_token
@@ -139,6 +140,7 @@ def _mom2_path(lm: LoadedModel, layer: int, n_tokens: int, window: int, text_sha
 def _save_mom2(path: Path, layer: int, C: torch.Tensor, meta: dict) -> None:
     from safetensors.torch import save_file
 
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
@@ -146,8 +148,10 @@ def _save_mom2(path: Path, layer: int, C: torch.Tensor, meta: dict) -> None:
         save_file({f"mom2.{layer}": C.detach().cpu().contiguous()}, tmp,
                   metadata={k: str(v) for k, v in meta.items()})
         os.replace(tmp, path)  # atomic: a concurrent writer of the same statistics is harmless
-    except OSError as e:  # a read-only cache only costs recomputation
-        log.warning("could not cache the key second moment at %s: %s", path, e)
+    except OSError as e:  # a read-only or full cache only costs recomputation
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        log.warning("could not cache the key second moment at %s: %s", path, os_reason(e))
 
 
 def load_second_moments(path: str | os.PathLike, layers: Iterable[int], dim: int,

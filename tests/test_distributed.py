@@ -192,7 +192,7 @@ def test_worker_errors_reach_the_driver_as_themselves(serial_sweep, executor, tm
     cfg_path, _ = serial_sweep
     cfg = SweepConfig.load(cfg_path)
     cfg.out = str(tmp_path / "mega")
-    cfg.methods = SweepConfig.from_dict({"benchmark": "truthfulqa", "out": "x", "methods": [{"name": "mega"}]}).methods
+    cfg.methods = SweepConfig.from_dict({"benchmark": "truthfulqa", "out": "x", "methods": [{"name": "rome"}]}).methods
     with pytest.raises(ConfigError, match="cannot be fitted to a behaviour"):  # raised on a worker
         run_sweep(cfg, progress=False, executor=executor)
     # the points before the failing one are written, as serially (the unedited model's, both splits)
@@ -236,3 +236,45 @@ def test_gpu_workers_need_a_cuda_device(cf_root, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "--gpus-per-worker 1 reserves GPUs but the device is cpu" in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_a_worker_killed_mid_sweep_is_replaced_and_the_points_equal_serial(serial_sweep, executor, tmp_path):
+    """kill -9 of a worker process while the sweep runs: Ray restarts the actor, the lost point is
+    recomputed there, and the sweep ends with the serial run's points."""
+    import os
+    import threading
+
+    cfg_path, serial = serial_sweep
+    cfg = SweepConfig.load(cfg_path)
+    cfg.out = str(tmp_path / "killed")
+    killed = []
+
+    def kill_one():
+        deadline = time.time() + 300
+        while time.time() < deadline and not killed:
+            pts = tmp_path / "killed" / "points.jsonl"
+            if executor.workers and pts.exists() and len(pts.read_text().splitlines()) >= 2:
+                pid = executor.workers[-1]["pid"]
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            time.sleep(0.05)
+
+    t = threading.Thread(target=kill_one, daemon=True)
+    t.start()
+    run_sweep(cfg, progress=False, executor=executor)
+    t.join(timeout=5)
+    assert killed, "no worker was killed (the sweep finished before two points)"
+    _assert_same_sweep(serial, tmp_path / "killed")
+
+
+def test_an_item_that_kills_its_worker_every_time_is_named(monkeypatch):
+    from editbench.runs import distributed
+
+    class Dying:
+        method, strength, split, key = "steering", 0.5, "val", "k"
+
+    from ray.exceptions import RayActorError
+
+    with pytest.raises(Exception, match=r"a Ray worker died while computing sweep point steering s=0.5 \(val\), 4 times"):
+        with distributed._worker_errors(Dying()):
+            raise RayActorError()

@@ -881,9 +881,9 @@ def test_failed_start_does_not_block_a_corrected_rerun(data16, tmp_path, capsys)
         assert json.loads((out / "config.json").read_text())["seed"] == 3
         assert [r["case_id"] for r in strict_lines(out / "cases.jsonl")] == [0]
     # a sweep whose configuration is refused after the model loaded
-    bad = sweep_yaml(tmp_path / "bad.yaml", tmp_path / "sw", methods=[{"name": "mega"}])
+    bad = sweep_yaml(tmp_path / "bad.yaml", tmp_path / "sw", methods=[{"name": "rome"}])
     code, _, err = cli(["sweep", bad, "--quiet"], capsys)
-    assert_one_error(code, err, "mega")
+    assert_one_error(code, err, "rome")
 
 
 def test_sweep_crash_between_items_and_first_point_does_not_block_a_corrected_rerun(ref_sweep, tmp_path, capsys):

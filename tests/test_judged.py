@@ -165,3 +165,43 @@ def test_benchmarks_are_listed(capsys):
     out = capsys.readouterr().out
     assert "sentiment" in out and "language" in out
     assert json.loads(json.dumps(Sentiment.default_options))["judge"] == "vader"
+
+
+def test_linear_probe_finds_the_layer_that_separates_the_classes(monkeypatch):
+    import numpy as np
+    import torch
+
+    from editbench.evaluation import probing
+
+    rng = np.random.default_rng(0)
+
+    def features(lm, examples, batch_size=16):
+        n = len(examples)
+        X = rng.normal(size=(n, 3, 4))
+        X[: n // 2, 1, 0] += 6.0  # layer 1 separates the first half (positives) from the rest
+        return torch.tensor(X, dtype=torch.float32)
+
+    monkeypatch.setattr(probing, "example_features", features)
+    out = probing.layer_probe_accuracy(None, list(range(20)), list(range(20)), folds=5)
+    acc = {r["layer"]: r["accuracy"] for r in out["layers"]}
+    assert out["best_layer"] == 1 and acc[1] == 1.0 and acc[0] < 0.8 and acc[2] < 0.8
+    with pytest.raises(Exception, match="at least 2 examples per side"):
+        probing.layer_probe_accuracy(None, [1], [2, 3])
+
+
+def test_sweep_reports_linear_probe_accuracy_per_layer(tmp_path):
+    from editbench.runs.sweep import run_sweep
+
+    cfg = SweepConfig.from_dict({
+        "model": "tiny-llama", "benchmark": "sentiment", "out": str(tmp_path / "sw"), "linear_probe": True,
+        "benchmark_options": {"max_new_tokens": 3}, "limit": 2, "probe_limit": 16,
+        "utility": {"tasks": ["arc_easy"], "limit": 2, "wikitext_windows": 1, "window": 16, "neutral": 0},
+        "methods": [{"name": "steering", "strengths": [1]}]})
+    s = run_sweep(cfg, progress=False)
+    lp = s["analysis"]["linear_probe"]
+    assert len(lp["layers"]) == tiny("tiny-llama").adapter.n_layers
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in lp["layers"]) and lp["n_pos"] == lp["n_neg"] == 4
+    assert "Linear probe of the attribute" in (tmp_path / "sw" / "analysis.md").read_text()
+    with pytest.raises(ConfigError, match="linear_probe"):
+        SweepConfig.from_dict({"benchmark": "sentiment", "out": "x", "methods": [{"name": "steering"}],
+                               "linear_probe": "yes"})

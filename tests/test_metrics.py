@@ -116,3 +116,25 @@ def test_rates_are_declared_and_pre_edit_zeros_stay_exact():
     assert not any(R.spec_of(m).proportion for m in ("efficacy_magnitude", "subject_kl", "neutral_kl", "fluency"))
     assert R.spec_of("efficacy", {"efficacy": "lower"}).proportion  # a direction override keeps the rest
     assert "subject_leak" in ZERO_BEFORE_EDIT
+
+
+def test_wilson_interval_is_scipys_on_whole_counts_and_continuous_between():
+    from scipy.stats import binomtest
+
+    from editbench.evaluation.metrics import wilson_interval
+
+    def formula(k, n, z=1.959963984540054):  # the closed form the fractional path uses
+        import math
+        p, z2 = k / n, z * z
+        c = (p + z2 / (2 * n)) / (1 + z2 / n)
+        h = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+        return max(0.0, c - h), min(1.0, c + h)
+
+    for k, n in [(0, 10), (3, 10), (10, 10), (1, 32), (57, 100), (0, 100), (200, 200)]:
+        ci = binomtest(k, n).proportion_ci(0.95, "wilson")
+        lo, hi = wilson_interval(k, n)
+        assert lo == pytest.approx(float(ci.low), abs=1e-15) and hi == pytest.approx(float(ci.high), abs=1e-15)
+        assert (lo, hi) == pytest.approx(formula(k, n), abs=1e-15)  # unchanged from the hand-written interval
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
+    lo, hi = wilson_interval(2.5, 10)  # fractional: between its whole neighbours
+    assert wilson_interval(2, 10)[0] < lo < wilson_interval(3, 10)[0] and wilson_interval(2, 10)[1] < hi < wilson_interval(3, 10)[1]

@@ -158,4 +158,7 @@ def test_sweep_configs_name_a_valid_probe_protocol(path):
     cfg = yaml.safe_load(path.read_text())
     if cfg["benchmark"] != "counterfact":
         bench = registry.load("benchmark", cfg["benchmark"])(options=cfg["benchmark_options"])
-        assert cfg["benchmark_options"]["probe"] == "self" == bench.options["probe"]
+        # judged benchmarks have one protocol (own responses): configs that can choose must say so
+        assert bench.options["probe"] == "self" == cfg["benchmark_options"].get("probe", "self")
+        if len(type(bench).option_choices.get("probe", ())) > 1:
+            assert "probe" in cfg["benchmark_options"], f"{path.name} must name its probe protocol"

@@ -156,7 +156,8 @@ def test_censored_gains_are_not_decidable():
         return out
 
     refused = analyze(pts(0.5), track)["matched_utility"]["steer2edit"]
-    assert refused == {"note": "not decidable: 50% censored", "invalid_points": 0}
+    assert refused == {"note": "not decidable: 50% censored", "invalid_points": 0, "decidable": False,
+                       "undecidable_reasons": ["not decidable: 50% censored"], "verdict": None}
     ok = analyze(pts(0.1), track)["matched_utility"]["steer2edit"]
     assert ok["gain_test"] == pytest.approx(100 - 119) and "not_decidable" not in ok
     assert "gain_test" in analyze(pts(0.5), track, max_censored_share=0.6)["matched_utility"]["steer2edit"]

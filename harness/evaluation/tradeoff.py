@@ -453,6 +453,13 @@ def format_analysis(summary: dict, points: Sequence[Point]) -> str:
                  + ("positive is better." if a["higher_is_better"] else "lower is better, so negative is the improvement.")
                  + f" A gain is not decidable when over {100 * a.get('max_censored_share', 0.2):.0f}% of the items of the "
                  "method point or of a baseline point it is compared with hit the generation budget.")
+    lp = a.get("linear_probe")
+    if isinstance(lp, dict) and lp.get("layers"):
+        best = next(r for r in lp["layers"] if r["layer"] == lp["best_layer"])
+        lines += ["", f"Linear probe of the attribute on the probe set ({lp['n_pos']} vs {lp['n_neg']} examples, "
+                      f"{lp['folds']}-fold CV, residual stream after each layer): best layer {lp['best_layer']} "
+                      f"({100 * best['accuracy']:.0f}% ± {100 * best['std']:.0f}); by layer: "
+                  + ", ".join(f"{r['layer']}: {100 * r['accuracy']:.0f}" for r in lp["layers"])]
     mu = a["matched_utility"]
     if "note" in mu:
         lines.append(mu["note"])

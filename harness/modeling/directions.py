@@ -280,3 +280,44 @@ def extract_directions(lm: LoadedModel, positives: Sequence[ProbeExample], negat
         r = means[("resid", l)]
         out.resid[l] = r[0] - r[1]
     return out
+
+
+@torch.no_grad()
+def example_features(lm: LoadedModel, examples: Sequence[ProbeExample], batch_size: int = 16,
+                     window: Window = "predict") -> torch.Tensor:
+    """Each example's residual stream after every layer, averaged over its window (the positions
+    :func:`extract_directions` averages): ``[n_examples, n_layers, hidden]`` float32 on the CPU. What
+    a linear probe of the attribute reads (:mod:`editbench.evaluation.probing`)."""
+    tok, ad, dev = lm.tokenizer, lm.adapter, lm.device
+    seqs, spans = [], []
+    for e in examples:
+        p, r = encode_prompt(tok, e.prompt), response_ids(tok, e)
+        start, end = window_bounds(len(p), len(r), window)
+        seqs.append((p + r)[:end])
+        spans.append((start, end))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    out = torch.zeros(len(examples), ad.n_layers, ad.hidden_size)
+    for s in range(0, len(seqs), batch_size):
+        idx = list(range(s, min(s + batch_size, len(seqs))))
+        T = max(len(seqs[i]) for i in idx)
+        ids = torch.full((len(idx), T), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        w = torch.zeros(len(idx), T)
+        for row, i in enumerate(idx):
+            ids[row, : len(seqs[i])] = torch.tensor(seqs[i])
+            mask[row, : len(seqs[i])] = 1
+            a, b = spans[i]
+            w[row, a:b] = 1.0 / (b - a)
+        w = w.to(dev)
+        feats: dict[int, torch.Tensor] = {}
+
+        def keep(layer):
+            return lambda _m, _i, o: feats.__setitem__(layer, torch.einsum("bt,btd->bd", w, _first(o).float()).cpu())
+
+        with ExitStack() as stack:
+            for l in range(ad.n_layers):
+                stack.enter_context(hooked(ad.layers[l], keep(l), "forward"))
+            ad.base(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False)
+        for l in range(ad.n_layers):
+            out[idx, l] = feats[l]
+    return out

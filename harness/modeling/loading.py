@@ -23,7 +23,7 @@ import torch
 from editbench.modeling.arch import ArchAdapter
 from editbench.data import sha256_file
 from editbench.dtypes import normalize_dtype
-from editbench.errors import ConfigError, EditbenchError
+from editbench.errors import ConfigError, EditbenchError, writing
 
 log = logging.getLogger(__name__)
 
@@ -142,14 +142,16 @@ def _dequantise(gguf: Path, digest: str, target: Path) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    with writing(target.parent, "create the model cache in"):
+        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / "editbench.json").write_text(
-            json.dumps({"gguf": str(gguf), "gguf_sha256": digest, "seconds": round(time.time() - t0, 1)})
-        )
-        os.replace(tmp, target)
+        with writing(target, "write the model cache"):
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            (tmp / "editbench.json").write_text(
+                json.dumps({"gguf": str(gguf), "gguf_sha256": digest, "seconds": round(time.time() - t0, 1)})
+            )
+            os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

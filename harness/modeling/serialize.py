@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from editbench.errors import DataError
+from editbench.errors import DataError, writing
 
 FORMAT = "editbench-intervention/1"
 
@@ -105,14 +105,18 @@ def save_intervention(iv: Any, path: str | os.PathLike, meta: dict | None = None
     tensors: dict[str, torch.Tensor] = {}
     state = {"format": FORMAT, "intervention": _encode(iv, tensors), "meta": meta or {}}
     st, js = path.with_suffix(".safetensors"), path.with_suffix(".json")
-    tmp = st.with_suffix(".safetensors.tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, st)
-    tmp = js.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(state, allow_nan=False), encoding="utf-8")
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, js)
+    for target, write in ((st, lambda t: save_file(tensors, str(t))),
+                          (js, lambda t: t.write_text(json.dumps(state, allow_nan=False), encoding="utf-8"))):
+        tmp = target.with_name(target.name + ".tmp")
+        with writing(target):
+            try:
+                write(tmp)
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
+                os.replace(tmp, target)
+            except Exception:
+                tmp.unlink(missing_ok=True)
+                raise
 
 
 def load_intervention(path: str | os.PathLike) -> tuple[Any, dict]:

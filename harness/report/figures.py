@@ -13,5 +13,7 @@ def save_figure(fig: Any, target: Path | IO, fmt: str | None = None, **kwargs: A
 
     fmt = fmt or Path(str(target)).suffix.lstrip(".").lower()
     metadata = {"Date": None} if fmt == "svg" else {"Software": None} if fmt == "png" else None
-    with matplotlib.rc_context({"svg.hashsalt": "editbench"}):
+    from editbench.errors import writing
+
+    with matplotlib.rc_context({"svg.hashsalt": "editbench"}), writing(target if isinstance(target, Path) else "a figure"):
         fig.savefig(target, format=fmt, metadata=metadata, **kwargs)

@@ -17,7 +17,8 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from editbench.errors import EditbenchError
+from editbench.errors import EditbenchError, writing
+from editbench.results import write_file
 from editbench.report.health import HealthThresholds, is_flagged
 from editbench.report.html import render_html
 from editbench.report.leaderboard import build_leaderboard, worst_cases
@@ -57,7 +58,8 @@ def write_report(inputs: Sequence[str | Path], out_dir: str | Path, worst: int =
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise EditbenchError(f"--out {out} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
+    with writing(out, "create"):
+        out.mkdir(parents=True, exist_ok=True)
     by_id = {r.rid: r for r in runs}
     def src(png: bytes, rel: str) -> str:
         return rel if link_figures else "data:image/png;base64," + base64.b64encode(png).decode("ascii")
@@ -73,8 +75,8 @@ def write_report(inputs: Sequence[str | Path], out_dir: str | Path, worst: int =
                     continue
                 title, png, svg = fig
                 name = f"figures/{kind}-{gi}-{_slug(g['title'])}"
-                (out / f"{name}.png").write_bytes(png)
-                (out / f"{name}.svg").write_text(svg, encoding="utf-8")
+                write_file(out / f"{name}.png", png)
+                write_file(out / f"{name}.svg", svg)
                 figs_src.setdefault(gi, []).append((title, src(png, f"{name}.png")))
                 figs_md.setdefault(gi, []).append((title, f"{name}.png"))
                 g.setdefault("figures", []).append(f"{name}.png")
@@ -98,9 +100,9 @@ def write_report(inputs: Sequence[str | Path], out_dir: str | Path, worst: int =
             for rid in g["runs"]:
                 drill[rid] = worst_cases(by_id[rid], worst, g["headline"])
     board["worst_cases"] = drill
-    (out / "leaderboard.json").write_text(json.dumps(board, indent=2, sort_keys=False, default=str), encoding="utf-8")
-    (out / "leaderboard.md").write_text(render_markdown(board, figs_md, sweep_md), encoding="utf-8")
-    (out / "index.html").write_text(render_html(board, figs_src, drill, sweep_src), encoding="utf-8")
+    write_file(out / "leaderboard.json", json.dumps(board, indent=2, sort_keys=False, default=str))
+    write_file(out / "leaderboard.md", render_markdown(board, figs_md, sweep_md))
+    write_file(out / "index.html", render_html(board, figs_src, drill, sweep_src))
     return board
 
 

@@ -120,7 +120,7 @@ class CommonConfig:
 
     model: str = DEFAULT_MODEL
     seed: int = 0
-    batch_size: int = 32
+    batch_size: int | str = 32  # or "auto" (editbench.runs.autobatch)
     device: str = "cpu"
     dtype: str = "float32"
     data_root: str | None = None
@@ -130,12 +130,11 @@ class CommonConfig:
         check_limit_value(self.limit)
 
     def validate_common(self) -> None:
-        for key in ("seed", "batch_size"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise ConfigError(f"'{key}' must be an integer, got {v!r}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        from editbench.runs.autobatch import check_batch_size
+
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"'seed' must be an integer, got {self.seed!r}")
+        check_batch_size(self.batch_size)  # an integer >= 1, or "auto" (editbench.runs.autobatch)
         self.check_limit()
         for key in ("model", "device"):
             if not isinstance(getattr(self, key), str) or not getattr(self, key):

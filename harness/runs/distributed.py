@@ -9,8 +9,11 @@ path's, and a Ray run's records are the serial run's: every item is computed by 
 a model loaded with the same seed, and the evaluator seeds per case.
 
 ``ray`` is imported only when ``--backend ray`` is chosen (it is an optional extra,
-``pip install 'editbench[distributed]'``). Ray's own :class:`ray.util.ActorPool` dispatches the items;
-each actor loads the model once and keeps it for every item and every run of one invocation.
+``pip install 'editbench[distributed]'``). The driver hands items to free actors (``ray.wait``);
+each actor loads the model once and keeps it for every item and every run of one invocation. A worker
+whose process dies is restarted by Ray and its item run again (up to :data:`WORKER_RETRIES` times;
+the restarted actor loads the model again), so a lost node does not stop a long sweep and the records
+still equal a serial run's; an item that kills its worker every time ends the run with one line naming it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ if TYPE_CHECKING:
     from editbench.modeling.loading import LoadedModel
 
 BACKENDS = ("serial", "ray")
+#: how often a dead worker is restarted and its item retried before the run stops on that item
+WORKER_RETRIES = 3
 INSTALL_HINT = "pip install 'editbench[distributed]' (or rerun scripts/setup.sh)"
 #: environment variables that decide what a worker reads (data root, model cache, hub settings);
 #: the driver's values are passed to every actor, so workers see the same data and cache
@@ -167,9 +172,13 @@ class _Worker:
         return {"host": socket.gethostname(), "pid": os.getpid(), "device": str(self._lm.device),
                 "model_loads": self._loads, "weights_sha256": self._lm.weights_hash, "source_sha256": source_sha256()}
 
-    def run(self, index: int, item: Any) -> tuple[int, Any, Exception | None]:
+    def run(self, index: int, item: Any, work: Work | None = None) -> tuple[int, Any, Exception | None]:
         """``(index, result, None)``, or ``(index, None, error)`` for a one-line error: the driver raises
-        it when the item's turn comes, after writing every earlier result, as a serial run would."""
+        it when the item's turn comes, after writing every earlier result, as a serial run would.
+        ``work``: an actor that Ray restarted after its process died has lost its model; it sets
+        itself up again from this before computing the retried item."""
+        if self._fn is None and work is not None:
+            self.setup(work)
         assert self._fn is not None, "setup() first"
         try:
             return index, self._fn(item), None
@@ -190,7 +199,7 @@ def worker_env() -> dict[str, str]:
 
 
 class RayExecutor(Executor):
-    """Items computed on Ray actors (``ray.util.ActorPool``), results returned in the items' order."""
+    """Items computed on Ray actors (restarted when they die), results returned in the items' order."""
 
     backend = "ray"
 
@@ -272,15 +281,16 @@ class RayExecutor(Executor):
         assert self._n_workers is not None
         n = min(n, self._n_workers)
         if len(self._actors) < n:
+            # a worker whose process dies (preempted node, OOM kill) is restarted by Ray and the item it
+            # was computing is run again there, up to WORKER_RETRIES times
             cls = self._ray.remote(_Worker).options(num_cpus=1, num_gpus=self.options.gpus_per_worker,
-                                                      runtime_env={"env_vars": worker_env()})
+                                                      runtime_env={"env_vars": worker_env()},
+                                                      max_restarts=WORKER_RETRIES, max_task_retries=WORKER_RETRIES)
             self._actors += [cls.remote(os.getcwd()) for _ in range(n - len(self._actors))]
         return self._actors[:n]
 
     # -- mapping ------------------------------------------------------------------------------------
     def map(self, work: Work, items: Iterable[Any], local: Bound) -> Iterator[Any]:
-        from ray.util import ActorPool
-
         from editbench.runs.provenance import source_sha256
 
         items = list(items)
@@ -300,14 +310,21 @@ class RayExecutor(Executor):
                                      f"(sha256 {info['weights_sha256'][:12]}, driver {driver_weights[:12]})")
         self.workers = infos
         self._devices.setdefault(work.model, set()).update(info["device"] for info in infos)
-        pool = ActorPool(actors)
-        for i, item in enumerate(items):
-            pool.submit(lambda actor, v: actor.run.remote(*v), (i, item))
+        ray = self._ray
+        queue = list(enumerate(items))
+        free, pending = list(actors), {}
         done: dict[int, tuple[Any, Exception | None]] = {}
         for i in range(len(items)):  # results arrive as workers finish; they leave in the items' order
             while i not in done:
-                with _worker_errors():
-                    index, result, error = pool.get_next_unordered()
+                while free and queue:
+                    index, item = queue.pop(0)
+                    actor = free.pop(0)
+                    pending[actor.run.remote(index, item, work)] = (index, item, actor)
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                index, item, actor = pending.pop(ready[0])
+                with _worker_errors(item):
+                    _, result, error = ray.get(ready[0])
+                free.append(actor)
                 done[index] = result, error
             result, error = done.pop(i)
             if error is not None:
@@ -328,10 +345,11 @@ class RayExecutor(Executor):
 
 
 @contextlib.contextmanager
-def _worker_errors() -> Iterator[None]:
+def _worker_errors(item: Any = None) -> Iterator[None]:
     """Failed worker calls as the driver raises them: a worker's one-line errors (bad input, a
-    missing file) as they are, so the CLI prints them as it does serially; a dead worker as one line;
-    anything else (a bug) as Ray's error, which carries the remote traceback."""
+    missing file) as they are, so the CLI prints them as it does serially; a worker that died on the
+    same item more often than Ray restarts it as one line naming the item; anything else (a bug) as
+    Ray's error, which carries the remote traceback."""
     from ray.exceptions import RayActorError, RayTaskError
 
     try:
@@ -342,5 +360,15 @@ def _worker_errors() -> Iterator[None]:
         raise
     except RayActorError as e:
         first = (str(e).strip().splitlines() or ["no reason given"])[0]
-        raise EditbenchError(f"a Ray worker died ({first}); finished results are saved, rerun the same command "
-                             "to resume") from None
+        what = "" if item is None else f" while computing {_describe(item)}, {WORKER_RETRIES + 1} times"
+        raise EditbenchError(f"a Ray worker died{what} ({first}); finished results are saved, rerun the same "
+                             "command to resume") from None
+
+
+def _describe(item: Any) -> str:
+    """An item in words for an error line: a sweep point, or a chunk of cases."""
+    if hasattr(item, "key") and hasattr(item, "split"):
+        return f"sweep point {item.method} s={item.strength:g} ({item.split})"
+    if isinstance(item, list) and item and hasattr(item[0], "case_id"):
+        return f"the chunk of cases {item[0].case_id}..{item[-1].case_id}"
+    return f"item {item!r:.60}"

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from editbench.errors import ConfigError, EditbenchError
+from editbench.errors import ConfigError, EditbenchError, writing
 from editbench import results
 
 LOCK_NAME = ".lock"
@@ -43,10 +43,12 @@ class ResultDir:
 
         if self.path.exists() and not self.path.is_dir():
             raise EditbenchError(f"{self.path} exists and is not a directory")
-        self.path.mkdir(parents=True, exist_ok=True)
+        with writing(self.path, "create"):
+            self.path.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(self.path / LOCK_NAME))
         try:
-            lock.acquire(timeout=-1 if wait else 0)
+            with writing(self.path / LOCK_NAME, "create the lock file"):
+                lock.acquire(timeout=-1 if wait else 0)
         except Timeout:
             raise DirectoryBusy(f"{self.path} is being written by another editbench process; wait for it "
                                 "(or pass --wait) or use another --out") from None

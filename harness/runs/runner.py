@@ -22,6 +22,7 @@ from typing import Any, Callable
 from editbench.errors import ConfigError
 from editbench.plugins import registry
 from editbench.plugins.method import parse_params
+from editbench.runs.autobatch import backing_off, resolve_batch_size
 from editbench.runs.config import CommonConfig, check_strengths, params_tag, safe_name
 from editbench.runs.distributed import Executor, ModelSpec
 from editbench.runs.provenance import code_version, record_code_counts, versions
@@ -177,12 +178,21 @@ class RunWorker:
         many = {"edit_batch_size": cfg.edit_batch_size} if cfg.edit_batch_size > 1 else {}
         if cfg.sequential:  # per-case health probes would measure one shared model T times: per checkpoint instead
             many["health"] = False
-        self.evaluator = bench.make_evaluator(lm, self.method, strengths=cfg.strengths, batch_size=cfg.batch_size,
+        self.evaluator = bench.make_evaluator(lm, self.method, strengths=cfg.strengths,
+                                              batch_size=resolve_batch_size(cfg.batch_size, lm),
                                               generation=cfg.generation, max_new_tokens=cfg.max_new_tokens,
                                               seed=cfg.seed, **many)
+        self.batch_sizes_used: list[int] = []
+
+    def _set_batch_size(self, b: int) -> None:
+        self.evaluator.batch_size = b
+        if self.evaluator.probe is not None:
+            self.evaluator.probe.batch_size = b
 
     def __call__(self, chunk: list) -> list[dict]:
-        return list(self.evaluator.evaluate(chunk))
+        """The chunk's records; an out-of-memory error halves the batch size and recomputes the chunk."""
+        return backing_off(lambda: list(self.evaluator.evaluate(chunk)), lambda: self.evaluator.batch_size,
+                           self._set_batch_size, self.batch_sizes_used)
 
 
 def execute(cfg: RunConfig, progress: bool = True, on_chunk: Callable[[int], None] | None = None,
@@ -277,6 +287,7 @@ def execute(cfg: RunConfig, progress: bool = True, on_chunk: Callable[[int], Non
             "method_class": local.method.effective_class,
             "data": data,
             "wall_seconds_this_invocation": round(time.time() - t0, 2),
+            "batch_size_used": local.batch_sizes_used or [local.evaluator.batch_size],
             **local.evaluator.summarize(mine),
         }
         return out.write_summary(summary, "run")

@@ -34,9 +34,11 @@ from editbench.evaluation.tradeoff import AXES, DEFAULT_BASELINE, DEFAULT_MAX_CE
 from editbench.evaluation.utility import UtilityConfig, utility_config
 from editbench.evaluation.validity import ValidityBounds, assess, revalidate
 from editbench.plugins import registry
+from editbench.runs.autobatch import backing_off, resolve_batch_size
 from editbench.runs.config import CommonConfig, MethodSpec, check_limit_value, load_yaml, parse_methods
 from editbench.runs.distributed import Executor, ModelSpec
 from editbench.runs.provenance import code_version, versions
+from editbench.results import write_file
 from editbench.runs.rundir import ResultDir
 from editbench.runs.tracks import Original
 
@@ -57,12 +59,13 @@ class SweepConfig(CommonConfig):
     utility: UtilityConfig = field(default_factory=UtilityConfig)
     utility_edits: int = 2  # knowledge-edit benchmarks: edits under which utility is measured
     baseline: str = DEFAULT_BASELINE  # matched-utility comparisons are against this method
-    batch_size: int = 16
+    batch_size: int | str = 16  # or "auto" (editbench.runs.autobatch)
     validity: ValidityBounds = field(default_factory=ValidityBounds)
     matched_axis: str = "kl"  # x of fronts and matched gains: "kl" (-neutral_kl) or "utility" (MC accuracy)
     max_censored_share: float = DEFAULT_MAX_CENSORED_SHARE  # above it a gain is "not decidable"
     # analysis.md's "n needed for ±h", and the CI half-width above which a comparison is not decidable
     target_halfwidth: float = DEFAULT_TARGET_HALFWIDTH
+    linear_probe: bool = False  # per-layer linear-probe accuracy of the attribute (editbench.evaluation.probing)
 
     @classmethod
     def from_dict(cls, d: Any) -> "SweepConfig":
@@ -104,6 +107,8 @@ class SweepConfig(CommonConfig):
         if self.utility_edits < 1:
             raise ConfigError("utility_edits must be >= 1")
         self.validity.check()
+        if not isinstance(self.linear_probe, bool):
+            raise ConfigError(f"sweep config: 'linear_probe' must be true or false, got {self.linear_probe!r}")
         if self.matched_axis not in AXES:
             raise ConfigError(f"sweep config: 'matched_axis' must be one of {', '.join(AXES)}, got {self.matched_axis!r}")
         for key, ok, need in (("max_censored_share", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
@@ -192,7 +197,9 @@ class SweepWorker:
     utility suite (its unedited references once) are kept across the points it computes."""
 
     def __init__(self, cfg: SweepConfig, lm, suite=None):
-        self.cfg, self.lm = cfg, lm
+        # a private copy: its batch size is resolved (auto) and halved on out-of-memory, per worker
+        self.cfg, self.lm = dataclasses.replace(cfg, batch_size=resolve_batch_size(cfg.batch_size, lm)), lm
+        self.batch_sizes_used: list[int] = []
         self.suite = suite if suite is not None else cfg.utility.suite(cfg.data_root)
         self._track = None
         self._methods: dict[str, Any] = {}
@@ -228,7 +235,14 @@ class SweepWorker:
                 self.suite.check_context(ctx)
 
     def __call__(self, task: PointTask) -> dict:
-        """The point's line (without validity, which the driver derives, nor ``code``) and its items."""
+        """The point's line (without validity, which the driver derives, nor ``code``) and its items;
+        an out-of-memory error halves the batch size and recomputes the point."""
+        def set_(b: int) -> None:
+            self.cfg.batch_size = b
+
+        return backing_off(lambda: self._point(task), lambda: self.cfg.batch_size, set_, self.batch_sizes_used)
+
+    def _point(self, task: PointTask) -> dict:
         method = None if task.original else self.method(task.plugin_name, task.given)
         track = self.track
         t0 = time.perf_counter()
@@ -339,13 +353,32 @@ def _sweep(out: ResultDir, cfg: SweepConfig, work: SweepWork, local: SweepWorker
         out.rewrite(POINTS, checked)
         points = checked
     items = item_values(item_recs)
-    summary = {"config": resolved, "versions": run_versions, "model": executor.model_provenance(work, lm), "data": data,
+    # the batch sizes this invocation computed with: the driver's own (serial), or the fixed size
+    # every Ray worker uses; with `auto` on Ray each worker resolves its own, not reported here
+    if executor.backend == "serial" or cfg.batch_size != "auto":
+        resolved_batch = {"batch_size_used": local.batch_sizes_used or [local.cfg.batch_size]}
+    else:
+        resolved_batch = {}
+    summary = {"config": resolved, **resolved_batch, "versions": run_versions,
+               "model": executor.model_provenance(work, lm), "data": data,
                "analysis": analyze(points, resolved["track"], baseline=cfg.baseline, matched_axis=cfg.matched_axis,
                                    items=items, max_censored_share=cfg.max_censored_share,
                                    target_halfwidth=cfg.target_halfwidth)}
+    if cfg.linear_probe:
+        summary["analysis"]["linear_probe"] = _linear_probe(track, lm, cfg.seed)
     summary = out.write_summary(summary, "sweep")
     write_analysis(out.path, summary, points)
     return summary
+
+
+def _linear_probe(track, lm, seed: int) -> dict:
+    """Per-layer linear-probe accuracy on the track's probe set, or a note where there is none."""
+    from editbench.evaluation.probing import layer_probe_accuracy
+
+    if not hasattr(track, "probe"):
+        return {"note": "no probe set: the benchmark's methods are fitted per edit"}
+    probe = track.probe()
+    return layer_probe_accuracy(lm, probe.positives, probe.negatives, seed=seed)
 
 
 def reaggregate(points: list[dict], items: list[dict], track, suite) -> list[dict]:
@@ -386,7 +419,7 @@ def write_analysis(out_dir: Path, summary: dict, points: list[dict]) -> None:
     from editbench.evaluation.tradeoff import format_analysis
     from editbench.report.plotting import plot_panels, sweep_axis
 
-    (out_dir / "analysis.md").write_text(format_analysis(summary, points), encoding="utf-8")
+    write_file(out_dir / "analysis.md", format_analysis(summary, points))
     title = f"{summary['config']['model']} / {summary['config']['benchmark']}"
     plot_panels([(title, points, summary["config"]["track"], sweep_axis(summary["analysis"]))], out_dir / "tradeoff",
                 baseline=summary["analysis"]["baseline"])

@@ -47,15 +47,20 @@ class AttributeTrack:
         return {"attribute": b.attribute, "higher_is_better": b.higher_is_better, "scale": b.scale,
                 "options": getattr(b, "options", {}), "n_items": {s: len(v) for s, v in self._items.items()}}
 
-    def fit(self, method):
-        if "behaviour" not in method.supports:
-            raise ConfigError(f"method '{method.name}' cannot be fitted to a behaviour (it supports: "
-                              f"{', '.join(sorted(method.supports))}); use it on a knowledge-edit benchmark")
+    def probe(self):
+        """The benchmark's probe set (built once)."""
         if self._probe is None:
             self._probe = self.bench.probe_set(self.lm, self.cfg.probe_limit)
             if not self._probe.positives or not self._probe.negatives:
                 raise DataError(f"benchmark '{self.bench.name}': empty probe set")
-        return method.fit_behaviour(self._probe.positives, self._probe.negatives)
+        return self._probe
+
+    def fit(self, method):
+        if "behaviour" not in method.supports:
+            raise ConfigError(f"method '{method.name}' cannot be fitted to a behaviour (it supports: "
+                              f"{', '.join(sorted(method.supports))}); use it on a knowledge-edit benchmark")
+        probe = self.probe()
+        return method.fit_behaviour(probe.positives, probe.negatives)
 
     def attribute(self, fitted, strength: float, split: str) -> tuple[list[dict], dict]:
         ctx = fitted.uniform(self.lm, strength)
