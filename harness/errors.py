@@ -58,6 +58,6 @@ class writing:
         return self
 
     def __exit__(self, typ, e, tb):
-        if isinstance(e, OSError) and not isinstance(e, (BrokenPipeError, InterruptedError)):
+        if isinstance(e, OSError) and not isinstance(e, (BrokenPipeError, InterruptedError, TimeoutError)):
             raise io_error(e, self.path, self.action) from None
         return False

@@ -320,7 +320,7 @@ class RayExecutor(Executor):
                     index, item = queue.pop(0)
                     actor = free.pop(0)
                     pending[actor.run.remote(index, item, work)] = (index, item, actor)
-                ready, _ = ray.wait(list(pending), num_returns=1)
+                ready = _wait_one(ray, list(pending))
                 index, item, actor = pending.pop(ready[0])
                 with _worker_errors(item):
                     _, result, error = ray.get(ready[0])
@@ -372,3 +372,16 @@ def _describe(item: Any) -> str:
     if isinstance(item, list) and item and hasattr(item[0], "case_id"):
         return f"the chunk of cases {item[0].case_id}..{item[-1].case_id}"
     return f"item {item!r:.60}"
+
+
+def _wait_one(ray, refs: list) -> list:
+    """``ray.wait`` for one finished reference. A signal handler's exception raised while Ray's C
+    core waits (the CLI's SIGTERM -> Terminated, Ctrl-C) comes back wrapped in a SystemError;
+    it is re-raised as itself so that the CLI's own handling (exit 143 / 130) applies."""
+    try:
+        ready, _ = ray.wait(refs, num_returns=1)
+    except SystemError as e:
+        if e.__cause__ is not None:
+            raise e.__cause__ from None
+        raise
+    return ready
