@@ -268,15 +268,8 @@ def tradeoff_figure(group: dict) -> tuple[str, bytes, str] | None:
         ax.set_ylabel(plain(f"{y} (x100)"))
         ax.set_title(plain(f"{y} vs {x}"), fontsize=10)
         ax.grid(alpha=0.3)
-    handles, labels = fig.axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(3, max(len(labels), 1)), fontsize=7.5,
-               frameon=False)
-    fig.suptitle(plain(group["title"]), fontsize=10)
-    png, svg = io.BytesIO(), io.StringIO()
-    save_figure(fig, png, "png")
-    save_figure(fig, svg, "svg")
-    title = "trade-off: " + ", ".join(f"{y} vs {x}" for x, y in pairs)
-    return title, png.getvalue(), svg.getvalue()
+    png, svg = _legend_title_save(fig, group["title"])
+    return "trade-off: " + ", ".join(f"{y} vs {x}" for x, y in pairs), png, svg
 
 
 def retention_figure(group: dict) -> tuple[str, bytes, str] | None:
@@ -314,11 +307,17 @@ def retention_figure(group: dict) -> tuple[str, bytes, str] | None:
         ax.set_ylabel(plain(label))
         ax.set_title(plain(metric), fontsize=10)
         ax.grid(alpha=0.3)
+    png, svg = _legend_title_save(fig, group["title"])
+    return "retention: efficacy, generalization, specificity and neutral_kl vs edits in force", png, svg
+
+
+def _legend_title_save(fig, title: str) -> tuple[bytes, str]:
+    """One legend below the panels (the first panel's series), the group's title, PNG and SVG."""
     handles, labels = fig.axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=min(3, max(len(labels), 1)), fontsize=7.5,
                frameon=False)
-    fig.suptitle(plain(group["title"]), fontsize=10)
+    fig.suptitle(plain(title), fontsize=10)
     png, svg = io.BytesIO(), io.StringIO()
     save_figure(fig, png, "png")
     save_figure(fig, svg, "svg")
-    return "retention: efficacy, generalization, specificity and neutral_kl vs edits in force", png.getvalue(), svg.getvalue()
+    return png.getvalue(), svg.getvalue()
