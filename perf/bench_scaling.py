@@ -150,14 +150,20 @@ def available_memory(device: str) -> int:
         return int(psutil.virtual_memory().available)
     except ImportError:
         pass
+    available = _proc_kib("/proc/meminfo", "MemAvailable:")
+    return sys.maxsize if available is None else available
+
+
+def _proc_kib(path: str, key: str) -> int | None:
+    """The ``key: N kB`` line of a Linux /proc file, in bytes (None where there is no such file)."""
     try:
-        with open("/proc/meminfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return sys.maxsize
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,13 +185,9 @@ def _peak_rss() -> int:
     ``getrusage(RUSAGE_SELF).ru_maxrss``."""
     import resource
 
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    peak = _proc_kib("/proc/self/status", "VmHWM:")
+    if peak is not None:
+        return peak
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(kb) if sys.platform == "darwin" else int(kb) * 1024  # bytes on macOS, KiB on Linux
 
